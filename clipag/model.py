@@ -1,0 +1,144 @@
+"""The model: open_clip's CLIP with OpenAI's ``clip`` surface.
+
+open_clip's CLIP already has OpenAI's parameter names (``visual.conv1``, ``token_embedding``,
+``transformer.resblocks``...), so we subclass it rather than wrap it: the weights are the same
+tensors and only the behaviour that downstream code relies on changes (``dtype``, input casting,
+``visual.input_resolution`` and a ``forward`` that returns logits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
+
+__all__ = ["CLIP", "CustomTextCLIP", "build_model", "load_weights", "make_preprocess", "WeightsMismatchError"]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class WeightsMismatchError(RuntimeError):
+    """The checkpoint's keys or shapes don't fit the architecture it was loaded into."""
+
+
+class OpenAICompatible:
+    """Mixin giving an open_clip model OpenAI's ``clip.model.CLIP`` behaviour."""
+
+    visual: torch.nn.Module
+    logit_scale: torch.nn.Parameter
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        image_size = getattr(self.visual, "image_size", None)
+        size = image_size[0] if isinstance(image_size, tuple | list) else image_size
+        self.visual.input_resolution = int(size)
+        if not hasattr(self.visual, "output_dim"):
+            self.visual.output_dim = kwargs.get("embed_dim", args[0] if args else None)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype, as OpenAI reads it: that of the patch-embedding (or first) weight."""
+        conv1 = getattr(self.visual, "conv1", None)
+        if conv1 is not None:
+            return conv1.weight.dtype
+        return next(p for p in self.visual.parameters() if p.is_floating_point()).dtype
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return super().encode_image(image.type(self.dtype), normalize=normalize)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits_per_image, logits_per_text)`` as OpenAI's CLIP returns (open_clip returns features)."""
+        image_features = F.normalize(self.encode_image(image), dim=-1)
+        text_features = F.normalize(self.encode_text(text), dim=-1)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+        if getattr(self, "logit_bias", None) is not None:
+            logits_per_image = logits_per_image + self.logit_bias
+        return logits_per_image, logits_per_image.t()
+
+
+class CLIP(OpenAICompatible, open_clip.CLIP):
+    """open_clip ``CLIP`` (standard text tower) with the OpenAI surface."""
+
+
+class CustomTextCLIP(OpenAICompatible, open_clip.CustomTextCLIP):
+    """open_clip ``CustomTextCLIP`` (e.g. Hugging Face text towers) with the OpenAI surface."""
+
+
+_INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                   "xavier_uniform_", "xavier_normal_", "constant_", "zeros_", "ones_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Skip random initialisation while building a model whose every weight is loaded next.
+
+    Random init of ViT-B/32 costs more than reading its weights from safetensors; a strict
+    ``load_state_dict`` afterwards guarantees no uninitialised tensor survives.
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def build_model(config: dict[str, Any], precision: str = "fp32", device: str | torch.device = "cpu",
+                initialize: bool = True) -> CLIP | CustomTextCLIP:
+    """Build the architecture an open_clip ``model_cfg`` describes, on ``device`` at ``precision``.
+
+    ``precision`` follows OpenAI: ``fp16``/``bf16`` convert matmul and conv weights while LayerNorm stays
+    fp32. ``initialize=False`` leaves weights uninitialised for a caller that loads all of them.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cfg = copy.deepcopy(config)
+    if "multimodal_cfg" in cfg:
+        raise NotImplementedError("CoCa-style models (multimodal_cfg) have no OpenAI CLIP counterpart")
+    vision_cfg, text_cfg = cfg.setdefault("vision_cfg", {}), cfg.setdefault("text_cfg", {})
+    if "timm_model_name" in vision_cfg:
+        vision_cfg["timm_model_pretrained"] = False
+    if "hf_model_name" in text_cfg:
+        text_cfg["hf_model_pretrained"] = False
+    custom_text = cfg.pop("custom_text", False) or "hf_model_name" in text_cfg
+    model_class = CustomTextCLIP if custom_text else CLIP
+    cast_dtype = open_clip.get_cast_dtype(precision)
+    with contextlib.nullcontext() if initialize else skip_init():
+        model = model_class(**cfg, cast_dtype=cast_dtype)
+    model.to(device)
+    if precision != "fp32":
+        open_clip.convert_weights_to_lp(model, dtype=cast_dtype)
+    return model.eval()
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Strictly load ``state_dict`` into ``model``; a mismatch names the file and the first bad keys."""
+    state_dict = dict(state_dict)
+    scale = state_dict.get("logit_scale")
+    if scale is not None and scale.shape != model.logit_scale.shape:
+        state_dict["logit_scale"] = scale.reshape(model.logit_scale.shape)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong_shape:
+        details = "; ".join(f"{label}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+                            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                ("wrong shape", wrong_shape)) if keys)
+        raise WeightsMismatchError(f"{source}: weights do not fit the architecture ({details})")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def make_preprocess(image_size: int, preprocess_cfg: dict[str, Any] | None = None) -> Any:
+    """OpenAI's eval transform (bicubic resize of the short side, center crop, RGB, normalize)."""
+    cfg = {**(preprocess_cfg or {}), "size": image_size}
+    known = PreprocessCfg.__dataclass_fields__
+    return image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in known}), is_train=False)

@@ -1,0 +1,233 @@
+"""Where weights come from: registry entries, ``hf-hub:`` ids and local files, all ending as safetensors.
+
+Every source resolves to a :class:`ResolvedWeights` (an open_clip model config, a verified safetensors
+or in-memory state dict, and a preprocess config). Registry downloads are cached as a Hub-layout folder
+(``open_clip_config.json`` + ``open_clip_model.safetensors`` + ``source.json``), so the cache is itself
+loadable by open_clip and by ``clipag.load(path)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import Checkpoint, CheckpointError, infer_openai_config, read_checkpoint, save_safetensors
+from .hub import DownloadError, OfflineError, cache_root, download_url, is_offline, read_json, sha256_of, \
+    write_json_atomic
+from .model import build_model, load_weights
+from .registry import ModelEntry, get_entry, not_found_error
+
+__all__ = ["ResolvedWeights", "resolve", "fetch_entry", "load_entry", "import_checkpoint", "entry_dir", "CONFIG_NAME",
+           "WEIGHTS_NAME"]
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+_HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin")
+_CONFIG_META_KEY = "clipag_model_cfg"
+
+
+@dataclass
+class ResolvedWeights:
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    source: str
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+def entry_dir(entry: ModelEntry, download_root: str | os.PathLike | None = None) -> Path:
+    return cache_root(download_root) / entry.name.replace("/", "-")
+
+
+def _how_to_get(entry: ModelEntry, target: Path) -> str:
+    return (f"On a machine with internet run `clipag download {entry.name}` and copy {target} here, "
+            f"or download {entry.source} yourself and run `clipag import {entry.name} FILE`.")
+
+
+def fetch_entry(entry: ModelEntry, download_root: str | os.PathLike | None = None,
+                progress: bool = True) -> Path:
+    """Download a URL-sourced registry entry, verify it and cache it as safetensors; return the folder.
+
+    An entry already in the cache is returned as is; :func:`load_entry` checks its integrity.
+    """
+    folder = entry_dir(entry, download_root)
+    if (folder / WEIGHTS_NAME).exists():
+        return folder
+    if is_offline():
+        raise OfflineError(f"Model {entry.name} is not in the cache ({folder}) and offline mode is on "
+                           "(HF_HUB_OFFLINE/CLIPAG_OFFLINE). " + _how_to_get(entry, folder))
+    download = folder / (entry.filename or "download.pt")
+    recorded = read_json(folder / "source.json").get("sha256")
+    sha = download_url(str(entry.url), download, size=entry.size, sha256=entry.sha256 or recorded,
+                       progress=progress)
+    try:
+        import_checkpoint(entry, download, download_root, known_sha256=sha)
+    finally:
+        download.unlink(missing_ok=True)  # converted (or unusable): the pickle is never read again
+    return folder
+
+
+def load_entry(entry: ModelEntry, download_root: str | os.PathLike | None = None) -> Checkpoint:
+    """Read a URL-sourced entry from the cache, fetching it first; a corrupt cache file is fetched again."""
+    folder = entry_dir(entry, download_root)
+    weights = folder / WEIGHTS_NAME
+    for attempt in range(2):
+        fetch_entry(entry, download_root)
+        try:
+            _verify_cached(folder)
+            return read_checkpoint(weights)
+        except CheckpointError as e:
+            if is_offline() or attempt:
+                raise CheckpointError(f"{e}. The cached file is unusable. " + _how_to_get(entry, folder)) from e
+            warnings.warn(f"{e}; deleting it and fetching it again", stacklevel=2)
+            weights.unlink()
+    raise AssertionError("unreachable")
+
+
+def import_checkpoint(entry: ModelEntry, file: str | os.PathLike, download_root: str | os.PathLike | None = None,
+                      known_sha256: str | None = None) -> Path:
+    """Verify ``file`` against the entry, check it fits the architecture, and cache it as safetensors."""
+    file = Path(file)
+    folder = entry_dir(entry, download_root)
+    if entry.size is not None and file.stat().st_size != entry.size:
+        raise CheckpointError(f"{file}: {file.stat().st_size} bytes, but {entry.name} ({entry.source}) is "
+                              f"{entry.size} bytes: truncated or a different file")
+    sha = known_sha256 or sha256_of(file, progress=True)
+    expected = entry.sha256 or read_json(folder / "source.json").get("sha256")
+    if expected and sha != expected:
+        raise CheckpointError(f"{file}: sha256 {sha} differs from {expected} "
+                              f"({'pinned' if entry.sha256 else 'recorded at first download'})")
+    checkpoint = read_checkpoint(file)
+    config = entry.model_config()
+    model = build_model(config, initialize=False)
+    load_weights(model, checkpoint.state_dict, str(file))  # proves keys and shapes fit before caching
+    save_safetensors(model.state_dict(), folder / WEIGHTS_NAME,
+                     metadata={_CONFIG_META_KEY: config, "clipag_entry": entry.name, "source_sha256": sha})
+    write_json_atomic(folder / CONFIG_NAME, {"model_cfg": config, "preprocess_cfg": entry.preprocess})
+    write_json_atomic(folder / "source.json", {
+        "name": entry.name, "url": entry.source, "size": file.stat().st_size, "sha256": sha,
+        "sha256_pinned": bool(entry.sha256), "safetensors_size": (folder / WEIGHTS_NAME).stat().st_size,
+    })
+    return folder
+
+
+def _verify_cached(folder: Path) -> None:
+    """Cheap integrity check of a cache folder: recorded size, then the safetensors header (on read)."""
+    weights = folder / WEIGHTS_NAME
+    expected = read_json(folder / "source.json").get("safetensors_size")
+    if expected is not None and weights.stat().st_size != expected:
+        raise CheckpointError(f"{weights}: {weights.stat().st_size} bytes, expected {expected} (truncated)")
+
+
+def _hub_download(repo: str, filename: str, cache_dir: str | None, force: bool = False) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=is_offline(),
+                               force_download=force)
+    except EntryNotFoundError:
+        raise
+    except LocalEntryNotFoundError as e:
+        if is_offline():
+            raise OfflineError(
+                f"hf-hub:{repo} ({filename}) is not in the Hugging Face cache and offline mode is on. "
+                f"On a machine with internet run `clipag download hf-hub:{repo}` and copy the Hugging Face "
+                f"cache (HF_HUB_CACHE) here.") from e
+        raise DownloadError(f"could not download {filename} from hf-hub:{repo}: {e}") from e
+
+
+def _fetch_hub(repo: str, cache_dir: str | None = None) -> tuple[dict[str, Any], str]:
+    """``(open_clip_config, local weights path)``; a repo without weights is an error, never random init."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        config = json.loads(Path(_hub_download(repo, CONFIG_NAME, cache_dir)).read_text(encoding="utf-8"))
+    except EntryNotFoundError as e:
+        raise RuntimeError(f"hf-hub:{repo} has no {CONFIG_NAME}; it is not an open_clip repository") from e
+    for name in _HUB_WEIGHT_NAMES:
+        try:
+            return config, _hub_download(repo, name, cache_dir)
+        except EntryNotFoundError:
+            continue
+    raise RuntimeError(f"hf-hub:{repo} has no weights file (looked for {', '.join(_HUB_WEIGHT_NAMES)}); "
+                       "refusing to return a randomly initialised model")
+
+
+def _read_hub_weights(repo: str, cache_dir: str | None, download_root: str | os.PathLike | None) -> \
+        tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    config, path = _fetch_hub(repo, cache_dir)
+    converted = cache_root(download_root) / "hub" / repo.replace("/", "--") / (Path(path).parent.name + ".safetensors")
+    if path.endswith(".bin") and converted.exists():
+        path = str(converted)
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as e:
+        if is_offline():
+            raise
+        warnings.warn(f"{e}; fetching it again", stacklevel=3)
+        converted.unlink(missing_ok=True)
+        name = _fetch_hub(repo, cache_dir)[1].rsplit("/", 1)[-1]
+        path = _hub_download(repo, name, cache_dir, force=True)
+        checkpoint = read_checkpoint(path)
+    if checkpoint.format != "safetensors":  # a pickled .bin: convert once, never unpickle it again
+        save_safetensors(checkpoint.state_dict, converted)
+    return config, checkpoint.state_dict, f"hf-hub:{repo}"
+
+
+def _config_for_file(path: Path, metadata: dict[str, str], fmt: str, state_dict: dict[str, torch.Tensor],
+                     quick_gelu: bool | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    sidecar = read_json(path.parent / CONFIG_NAME) if path.suffix == ".safetensors" else {}
+    if _CONFIG_META_KEY in metadata:
+        config, preprocess = json.loads(metadata[_CONFIG_META_KEY]), {}
+    elif "model_cfg" in sidecar:
+        config, preprocess = sidecar["model_cfg"], sidecar.get("preprocess_cfg", {})
+    else:
+        try:
+            config, preprocess = infer_openai_config(state_dict), {}
+        except KeyError as e:
+            raise CheckpointError(f"{path}: not a CLIP checkpoint in OpenAI/open_clip layout "
+                                  f"(no {e}); pass a folder with {CONFIG_NAME}") from e
+        # open_clip training checkpoints (CLIPAG's format) come from open_clip configs, which use GELU.
+        config["quick_gelu"] = fmt != "open_clip"
+    if quick_gelu is not None:
+        config["quick_gelu"] = quick_gelu
+    return config, preprocess
+
+
+def resolve(name: str, download_root: str | os.PathLike | None = None,
+            quick_gelu: bool | None = None) -> ResolvedWeights:
+    """Turn a registry name, ``hf-hub:`` id, Hub-layout folder or checkpoint file into weights + config."""
+    entry = get_entry(name)
+    if entry is not None and entry.hf_repo:
+        config, state_dict, source = _read_hub_weights(entry.hf_repo, None, download_root)
+        model_cfg = dict(config["model_cfg"], quick_gelu=entry.quick_gelu)  # the registry pins the activation
+        return ResolvedWeights(model_cfg, state_dict, source, config.get("preprocess_cfg", entry.preprocess))
+    if entry is not None:
+        checkpoint = load_entry(entry, download_root)
+        return ResolvedWeights(json.loads(checkpoint.metadata[_CONFIG_META_KEY]), checkpoint.state_dict,
+                               entry.name, entry.preprocess)
+    if name.startswith("hf-hub:"):
+        config, state_dict, source = _read_hub_weights(name.removeprefix("hf-hub:"), None, download_root)
+        model_cfg = dict(config["model_cfg"])
+        if quick_gelu is not None:
+            model_cfg["quick_gelu"] = quick_gelu
+        return ResolvedWeights(model_cfg, state_dict, source, config.get("preprocess_cfg", {}))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        weights = next((path / n for n in _HUB_WEIGHT_NAMES if (path / n).is_file()), None)
+        if weights is None or not (path / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{path}: a model folder needs {CONFIG_NAME} and one of {_HUB_WEIGHT_NAMES}")
+        path = weights
+    if not path.is_file():
+        raise not_found_error(name)
+    checkpoint = read_checkpoint(path)
+    config, preprocess = _config_for_file(path, checkpoint.metadata, checkpoint.format, checkpoint.state_dict,
+                                          quick_gelu)
+    return ResolvedWeights(config, checkpoint.state_dict, str(path), preprocess)
