@@ -185,7 +185,8 @@ def infer_openai_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     embed_dim = sd["text_projection"].shape[1]
     text_width = sd["ln_final.weight"].shape[0]
     text_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
-    text_cfg = {"context_length": sd["positional_embedding"].shape[0], "vocab_size": sd["token_embedding.weight"].shape[0],
+    text_cfg = {"context_length": sd["positional_embedding"].shape[0],
+                "vocab_size": sd["token_embedding.weight"].shape[0],
                 "width": text_width, "heads": text_width // 64, "layers": text_layers}
     if "visual.proj" in sd:
         width = sd["visual.conv1.weight"].shape[0]

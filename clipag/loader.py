@@ -23,7 +23,7 @@ def _default_precision(device: torch.device) -> str:
     return "fp32" if device.type == "cpu" else "fp16"
 
 
-def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_available() else "cpu",
+def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_available() else "cpu",  # noqa: B008 (OpenAI's signature)
          jit: bool = False, download_root: str | None = None, *, precision: str | None = None,
          quick_gelu: bool | None = None) -> tuple[CLIP | CustomTextCLIP, Callable[[Any], torch.Tensor]]:
     """Load a model and its preprocess transform, exactly as ``clip.load`` would.

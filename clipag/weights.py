@@ -16,10 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
 from .checkpoints import Checkpoint, CheckpointError, infer_openai_config, read_checkpoint, save_safetensors
-from .hub import DownloadError, OfflineError, cache_root, download_url, is_offline, read_json, sha256_of, \
-    write_json_atomic
+from .hub import (
+    DownloadError,
+    OfflineError,
+    cache_root,
+    download_url,
+    is_offline,
+    read_json,
+    sha256_of,
+    write_json_atomic,
+)
 from .model import build_model, load_weights
 from .registry import ModelEntry, get_entry, not_found_error
 
@@ -125,57 +134,57 @@ def _verify_cached(folder: Path) -> None:
         raise CheckpointError(f"{weights}: {weights.stat().st_size} bytes, expected {expected} (truncated)")
 
 
-def _hub_download(repo: str, filename: str, cache_dir: str | None, force: bool = False) -> str:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+def _hub_download(repo: str, filename: str, cache_dir: str | None, force: bool = False) -> str | None:
+    """A Hub file's local path, or ``None`` if the repo is known not to have it (online, or cached as absent)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     try:
         return hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=is_offline(),
                                force_download=force)
-    except EntryNotFoundError:
-        raise
+    except RemoteEntryNotFoundError:
+        return None
     except LocalEntryNotFoundError as e:
-        if is_offline():
-            raise OfflineError(
-                f"hf-hub:{repo} ({filename}) is not in the Hugging Face cache and offline mode is on. "
-                f"On a machine with internet run `clipag download hf-hub:{repo}` and copy the Hugging Face "
-                f"cache (HF_HUB_CACHE) here.") from e
-        raise DownloadError(f"could not download {filename} from hf-hub:{repo}: {e}") from e
+        if not is_offline():
+            raise DownloadError(f"could not download {filename} from hf-hub:{repo}: {e}") from e
+        if try_to_load_from_cache(repo, filename, cache_dir=cache_dir) is not None:
+            return None  # an earlier online lookup recorded that the file does not exist
+        raise OfflineError(
+            f"hf-hub:{repo} ({filename}) is not in the Hugging Face cache and offline mode is on. "
+            f"On a machine with internet run `clipag download hf-hub:{repo}` and copy its Hugging Face "
+            "cache (HF_HUB_CACHE) here.") from e
 
 
 def _fetch_hub(repo: str, cache_dir: str | None = None) -> tuple[dict[str, Any], str]:
     """``(open_clip_config, local weights path)``; a repo without weights is an error, never random init."""
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        config = json.loads(Path(_hub_download(repo, CONFIG_NAME, cache_dir)).read_text(encoding="utf-8"))
-    except EntryNotFoundError as e:
-        raise RuntimeError(f"hf-hub:{repo} has no {CONFIG_NAME}; it is not an open_clip repository") from e
-    for name in _HUB_WEIGHT_NAMES:
-        try:
-            return config, _hub_download(repo, name, cache_dir)
-        except EntryNotFoundError:
-            continue
+    config_path = _hub_download(repo, CONFIG_NAME, cache_dir)
+    if config_path is None:
+        raise RuntimeError(f"hf-hub:{repo} has no {CONFIG_NAME}; it is not an open_clip repository")
+    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    names = list(_HUB_WEIGHT_NAMES)
+    if is_offline():  # offline, whichever weights file is cached wins
+        names.sort(key=lambda n: not isinstance(try_to_load_from_cache(repo, n, cache_dir=cache_dir), str))
+    for name in names:
+        path = _hub_download(repo, name, cache_dir)
+        if path is not None:
+            return config, path
     raise RuntimeError(f"hf-hub:{repo} has no weights file (looked for {', '.join(_HUB_WEIGHT_NAMES)}); "
                        "refusing to return a randomly initialised model")
 
 
 def _read_hub_weights(repo: str, cache_dir: str | None, download_root: str | os.PathLike | None) -> \
         tuple[dict[str, Any], dict[str, torch.Tensor], str]:
-    config, path = _fetch_hub(repo, cache_dir)
-    converted = cache_root(download_root) / "hub" / repo.replace("/", "--") / (Path(path).parent.name + ".safetensors")
-    if path.endswith(".bin") and converted.exists():
-        path = str(converted)
+    config, hub_path = _fetch_hub(repo, cache_dir)
+    revision = Path(hub_path).parent.name
+    converted = cache_root(download_root) / "hub" / repo.replace("/", "--") / f"{revision}.safetensors"
+    path = converted if hub_path.endswith(".bin") and converted.exists() else Path(hub_path)
     try:
         checkpoint = read_checkpoint(path)
     except CheckpointError as e:
         if is_offline():
-            raise
+            raise CheckpointError(f"{e}. Offline mode is on, so it cannot be fetched again.") from e
         warnings.warn(f"{e}; fetching it again", stacklevel=3)
         converted.unlink(missing_ok=True)
-        name = _fetch_hub(repo, cache_dir)[1].rsplit("/", 1)[-1]
-        path = _hub_download(repo, name, cache_dir, force=True)
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(_hub_download(repo, Path(hub_path).name, cache_dir, force=True) or hub_path)
     if checkpoint.format != "safetensors":  # a pickled .bin: convert once, never unpickle it again
         save_safetensors(checkpoint.state_dict, converted)
     return config, checkpoint.state_dict, f"hf-hub:{repo}"

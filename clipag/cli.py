@@ -1,0 +1,126 @@
+"""The ``clipag`` command: models, download, import, run (and generate/prior, see their modules)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import registry
+from .hub import cache_root
+
+__all__ = ["main", "build_parser"]
+
+
+def _cached(entry: registry.ModelEntry, download_root: str | None) -> bool:
+    if entry.hf_repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(entry.hf_repo, "open_clip_config.json"), str)
+    from .weights import WEIGHTS_NAME, entry_dir
+
+    return (entry_dir(entry, download_root) / WEIGHTS_NAME).exists()
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = [(e.name, e.arch, "QuickGELU" if e.quick_gelu else "GELU", "yes" if _cached(e, args.download_root)
+             else "-", e.source) for e in registry.REGISTRY.values()]
+    header = ("name", "architecture", "activation", "cached", "source")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"\ncache: {cache_root(args.download_root)}   (CLIPAG_CACHE; Hub repos use the Hugging Face cache)")
+    if args.verbose:
+        for entry in registry.REGISTRY.values():
+            print(f"\n{entry.name}: {entry.description}\n  embedding space: {entry.embedding_space}")
+    print("\nNo robust counterpart (not loadable by these names): "
+          + ", ".join(registry.OPENAI_NAMES_WITHOUT_COUNTERPART))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .weights import entry_dir, load_entry, resolve
+
+    entry = registry.get_entry(args.name)
+    if entry is not None and not entry.hf_repo:
+        load_entry(entry, args.download_root)
+        print(entry_dir(entry, args.download_root))
+    else:
+        resolved = resolve(args.name, args.download_root)
+        print(f"{resolved.source}: {sum(t.numel() for t in resolved.state_dict.values()):,} parameters cached")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .weights import import_checkpoint
+
+    entry = registry.get_entry(args.name)
+    if entry is None:
+        raise registry.not_found_error(args.name)
+    if entry.hf_repo:
+        raise SystemExit(f"{args.name} comes from hf-hub:{entry.hf_repo}; copy a Hugging Face cache instead "
+                         "(see README, Offline use)")
+    print(import_checkpoint(entry, args.file, args.download_root))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from .run import run_script
+
+    if args.precision:
+        os.environ["CLIPAG_PRECISION"] = args.precision
+    run_script(args.script, args.args, model=args.model)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipag", description="CLIP with Perceptually Aligned Gradients.")
+    parser.add_argument("--download-root", default=None, help="cache folder (default: $CLIPAG_CACHE or "
+                                                                "~/.cache/clipag)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the registry and what is cached")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print each model's description")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("download", help="fetch, verify and cache a model (registry name or hf-hub: id)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("import", help="verify, convert and cache a checkpoint you downloaded yourself")
+    p.add_argument("name", help="registry name, e.g. ViT-B/32")
+    p.add_argument("file", help="the downloaded file, e.g. CLIPAG_ViTB32.pt")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("run", help="run an unmodified script with `import clip` resolving to clipag")
+    p.add_argument("--model", default=None, help="replace every clip.load name (registry name, hf-hub: id, path)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="weight precision off the CPU (default fp16, as OpenAI)")
+    p.add_argument("script")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_run)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list:
+    """Sub-commands that live with their feature (generation, priors)."""
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, FileNotFoundError, OSError) as e:
+        print(f"clipag: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Shared fixtures: tiny random CLIPs in every file format, an offline Hub cache, a local HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+# OpenAI's builder needs widths that are multiples of 64 (heads = width // 64).
+TINY_OPENAI = dict(embed_dim=32, image_resolution=224, vision_layers=2, vision_width=64, vision_patch_size=32,
+                   context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                   transformer_layers=2)
+# DESIGN §8: a 3.6M-parameter open_clip config with fast forward and backward.
+TINY_OPEN_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32,
+                                                  "head_width": 32},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+@pytest.fixture(autouse=True)
+def isolated_caches(tmp_path_factory, monkeypatch):
+    """Every test gets its own clipag cache and an empty, offline-capable Hugging Face cache."""
+    from huggingface_hub import constants
+
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("CLIPAG_CACHE", str(root / "clipag"))
+    monkeypatch.delenv("CLIPAG_OFFLINE", raising=False)
+    monkeypatch.delenv("CLIPAG_PRECISION", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the tests never touch the network
+    return root
+
+
+@pytest.fixture(scope="session")
+def openai_reference():
+    """A tiny model from the reference package, with fp16-representable weights as OpenAI ships them."""
+    import clip.model
+
+    torch.manual_seed(0)
+    model = clip.model.CLIP(**TINY_OPENAI).eval()
+    clip.model.convert_weights(model)
+    return model.float()
+
+
+@pytest.fixture(scope="session")
+def openai_files(openai_reference, tmp_path_factory):
+    """The reference weights as a state dict, a TorchScript archive and a safetensors file."""
+    import clip
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("openai")
+    state_dict = openai_reference.state_dict()
+    torch.save(state_dict, folder / "state_dict.pt")
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / "weights.safetensors"))
+    image, text = torch.randn(1, 3, 224, 224), clip.tokenize(["a"])
+    with pytest.warns(Warning):
+        traced = torch.jit.trace(openai_reference, (image, text))
+    traced.save(str(folder / "torchscript.pt"))
+    return {"state_dict": folder / "state_dict.pt", "torchscript": folder / "torchscript.pt",
+            "safetensors": folder / "weights.safetensors"}
+
+
+def tiny_open_clip_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    import open_clip
+
+    torch.manual_seed(seed)
+    return open_clip.CLIP(**TINY_OPEN_CLIP).state_dict()
+
+
+def make_hub_repo(hf_cache: str | os.PathLike, repo: str, config: dict | None,
+                  state_dict: dict[str, torch.Tensor] | None, weights_name: str = "open_clip_model.safetensors",
+                  revision: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """Lay out a repo exactly as huggingface_hub caches it (DESIGN §4), so offline loads find it."""
+    from safetensors.torch import save_file
+
+    base = Path(hf_cache) / f"models--{repo.replace('/', '--')}"
+    snapshot = base / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (base / "refs").mkdir(exist_ok=True)
+    (base / "refs" / "main").write_text(revision)
+    if config is not None:
+        (snapshot / "open_clip_config.json").write_text(json.dumps(config))
+    if state_dict is not None:
+        if weights_name.endswith(".safetensors"):
+            save_file({k: v.contiguous() for k, v in state_dict.items()}, str(snapshot / weights_name))
+        else:
+            torch.save(state_dict, snapshot / weights_name)
+    return snapshot
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with HTTP Range support (the stdlib handler ignores Range)."""
+
+    ignore_range = False
+    requests: list[dict] = []
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        path = Path(self.directory) / self.path.lstrip("/").split("?")[0]
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        header = self.headers.get("Range")
+        type(self).requests.append({"path": self.path, "range": header})
+        start = int(header.split("=")[1].split("-")[0]) if header and not self.ignore_range else 0
+        if start >= len(data) and header:
+            self.send_response(416)
+            self.end_headers()
+            return
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """``(base_url, folder, handler_class)`` for a server on 127.0.0.1 serving ``folder``."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = type("Handler", (_RangeHandler,), {"requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             lambda *a, **k: handler(*a, directory=str(folder), **k))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", folder, handler
+    server.shutdown()
