@@ -9,6 +9,7 @@ unpickled again.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import urllib.error
@@ -109,7 +110,7 @@ def download_url(url: str, dest: str | os.PathLike, *, size: int | None = None, 
                     bar.update(len(chunk))
                 out.flush()
                 os.fsync(out.fileno())
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             raise DownloadError(f"downloading {url} to {dest} was interrupted ({e}); "
                                 f"{part} keeps the partial data and resumes next time") from e
     got = part.stat().st_size

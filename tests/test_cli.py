@@ -1,0 +1,83 @@
+"""The `clipag` command, run as users run it (subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def _run(args, tmp_path, **env):
+    environment = {**os.environ, "CLIPAG_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+                   "HF_HUB_CACHE": str(tmp_path / "hf"), **env}
+    return subprocess.run([sys.executable, "-m", "clipag.cli", *args], capture_output=True, text=True,
+                          env=environment, cwd=tmp_path, timeout=300)
+
+
+def test_models_lists_registry_and_cache(tmp_path):
+    result = _run(["models", "-v"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ViT-B/32" in result.stdout and "zenodo.org/records/10446026" in result.stdout
+    assert "chs20/fare2-clip" in result.stdout and "QuickGELU" in result.stdout
+    assert str(tmp_path / "cache") in result.stdout
+    assert "RN50" in result.stdout  # OpenAI names with no counterpart are listed as such
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(["clipag", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "download" in result.stdout
+
+
+def test_download_offline_is_actionable(tmp_path):
+    result = _run(["download", "ViT-B/32"], tmp_path, CLIPAG_OFFLINE="1")
+    assert result.returncode == 1
+    assert "offline mode is on" in result.stderr and "clipag import ViT-B/32 FILE" in result.stderr
+
+
+def test_import_rejects_wrong_file(tmp_path):
+    (tmp_path / "CLIPAG_ViTB32.pt").write_bytes(b"not the file")
+    result = _run(["import", "ViT-B/32", "CLIPAG_ViTB32.pt"], tmp_path)
+    assert result.returncode == 1
+    assert "CLIPAG_ViTB32.pt: 12 bytes, but ViT-B/32" in result.stderr
+
+
+def test_unknown_model_lists_available(tmp_path):
+    result = _run(["download", "nope"], tmp_path)
+    assert result.returncode == 1 and "Model nope not found; available models = ['ViT-B/32'" in result.stderr
+
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import clip
+    from CLIP import clip as vqgan_style_clip
+    import clip.clip
+    assert vqgan_style_clip is clip and clip.clip is clip
+    model, preprocess = clip.load("ViT-B/32", device="cpu", jit=False)
+    tokens = clip.tokenize(["a red cube"])
+    with open("result.json", "w") as f:
+        json.dump({"name": __name__, "argv": sys.argv, "file": __file__,
+                   "resolution": model.visual.input_resolution, "dtype": str(tokens.dtype),
+                   "features": list(model.encode_text(tokens).shape)}, f)
+""")
+
+
+@pytest.mark.parametrize("precision", [None, "fp16"])
+def test_run_resolves_clip_to_clipag(tmp_path, openai_files, precision):
+    (tmp_path / "script.py").write_text(SCRIPT)
+    extra = ["--precision", precision] if precision else []
+    result = _run(["run", "--model", str(openai_files["state_dict"]), *extra, "script.py", "--steps", "3", "x"],
+                  tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "clip.load('ViT-B/32') ->" in result.stderr
+    out = json.loads((tmp_path / "result.json").read_text())
+    assert out["name"] == "__main__"
+    assert out["argv"] == ["script.py", "--steps", "3", "x"]
+    assert out["file"].endswith("script.py")
+    assert out["resolution"] == 224 and out["dtype"] == "torch.int32" and out["features"] == [1, 32]
+
+
+def test_run_propagates_script_exit_code(tmp_path):
+    (tmp_path / "fail.py").write_text("import sys, clip\nsys.exit(3)\n")
+    assert _run(["run", "fail.py"], tmp_path).returncode == 3
