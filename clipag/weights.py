@@ -8,9 +8,11 @@ loadable by open_clip and by ``clipag.load(path)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,27 @@ def _read_hub_weights(repo: str, cache_dir: str | None, download_root: str | os.
     return config, checkpoint.state_dict, f"hf-hub:{repo}"
 
 
+def _read_local_file(path: Path, download_root: str | os.PathLike | None) -> Checkpoint:
+    """Read a user's checkpoint; a pickled one is converted to safetensors in the cache on first use.
+
+    The conversion is keyed by the file's absolute path, size and mtime, so an edited file converts anew.
+    """
+    if not zipfile.is_zipfile(path):
+        return read_checkpoint(path)
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    converted = cache_root(download_root) / "converted" / f"{key}.safetensors"
+    if converted.exists():
+        try:
+            cached = read_checkpoint(converted)
+            return Checkpoint(cached.state_dict, cached.metadata["source_format"])
+        except (CheckpointError, KeyError) as e:
+            warnings.warn(f"{converted}: {e}; converting {path} again", stacklevel=3)
+    checkpoint = read_checkpoint(path)
+    save_safetensors(checkpoint.state_dict, converted, {"source_format": checkpoint.format, "source": str(path)})
+    return checkpoint
+
+
 def _config_for_file(path: Path, metadata: dict[str, str], fmt: str, state_dict: dict[str, torch.Tensor],
                      quick_gelu: bool | None) -> tuple[dict[str, Any], dict[str, Any]]:
     sidecar = read_json(path.parent / CONFIG_NAME) if path.suffix == ".safetensors" else {}
@@ -236,7 +259,7 @@ def resolve(name: str, download_root: str | os.PathLike | None = None,
         path = weights
     if not path.is_file():
         raise not_found_error(name)
-    checkpoint = read_checkpoint(path)
+    checkpoint = _read_local_file(path, download_root)
     config, preprocess = _config_for_file(path, checkpoint.metadata, checkpoint.format, checkpoint.state_dict,
                                           quick_gelu)
     return ResolvedWeights(config, checkpoint.state_dict, str(path), preprocess)

@@ -77,3 +77,16 @@ def test_wrong_architecture_names_keys(tmp_path, openai_reference):
     torch.save(state_dict, tmp_path / "extra.pt")
     with pytest.raises(RuntimeError, match=r"extra\.pt: weights do not fit .*unexpected: \['visual.extra'\]"):
         clipag.load(str(tmp_path / "extra.pt"), device="cpu")
+
+
+def test_local_pickle_is_converted_once(openai_files, monkeypatch):
+    first, _ = clipag.load(str(openai_files["state_dict"]), device="cpu")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("the pickle was read again")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    second, _ = clipag.load(str(openai_files["torchscript"]), device="cpu")  # first read: restricted reader
+    third, _ = clipag.load(str(openai_files["state_dict"]), device="cpu")  # from the converted cache
+    for key, value in first.state_dict().items():
+        assert torch.equal(third.state_dict()[key], value) and torch.equal(second.state_dict()[key], value)
