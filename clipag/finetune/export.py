@@ -1,0 +1,108 @@
+"""Export a trained model in open_clip's Hub layout, and publish it.
+
+The folder holds ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``), ``open_clip_model.safetensors``
+(which also carries the model config in its metadata, so the file alone is loadable) and a model card.
+``clipag.load(folder)``, ``clipag.load("hf-hub:ORG/NAME")`` after a push, and ``open_clip`` all read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoints import save_safetensors
+from ..hub import write_json_atomic
+from ..weights import CONFIG_NAME, WEIGHTS_NAME
+
+__all__ = ["export_model", "push_to_hub", "install_in_hub_cache"]
+
+_CARD = """---
+library_name: open_clip
+tags: [clip, clipag, adversarial-training, robust]
+---
+# {title}
+
+Finetuned with `python -m clipag.finetune` ([clipag](https://github.com/)).
+
+| | |
+|---|---|
+| initial weights | {pretrained} |
+| objective | {objective} |
+| threat model | {norm}, ε = {epsilon:g} (pixels in [0, 1]), {attack_steps}-step PGD, ε ramp over {epsilon_warmup:.0%} |
+| text tower | {text} |
+| steps × global batch | {steps} × {global_batch} |
+| data | {data} |
+
+```python
+import clipag as clip
+model, preprocess = clip.load("{load_name}")
+```
+"""
+
+
+def export_model(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any],
+                 folder: str | os.PathLike, info: dict[str, Any] | None = None) -> Path:
+    """Write the Hub-layout folder (atomically per file) and return it."""
+    folder = Path(folder)
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    save_safetensors(state, folder / WEIGHTS_NAME, metadata={"clipag_model_cfg": model_cfg, "format": "pt"})
+    write_json_atomic(folder / CONFIG_NAME, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
+    if info is not None:
+        fields = {"title": folder.name, "load_name": str(folder), "pretrained": "none", "objective": "contrastive",
+                  "norm": "l2", "epsilon": 0.0, "attack_steps": 0, "epsilon_warmup": 0.0, "steps": 0,
+                  "global_batch": 0, "data": "", "text": "frozen", **info}
+        (folder / "README.md").write_text(_CARD.format(**fields), encoding="utf-8")
+    return folder
+
+
+def push_to_hub(folder: str | os.PathLike, repo: str, private: bool = False,
+                commit_message: str = "clipag.finetune export") -> str:
+    """Create ``repo`` if needed and upload the folder through huggingface_hub; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
+
+
+def install_in_hub_cache(folder: str | os.PathLike, repo: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Place a Hub-layout folder into the Hugging Face cache as ``repo``'s ``main`` revision.
+
+    Lets ``clipag.load("hf-hub:ORG/NAME")`` work offline with a model that was copied, not downloaded
+    (``clipag import hf-hub:ORG/NAME FOLDER``). The revision name is the content hash of the files.
+    """
+    from huggingface_hub import constants
+
+    folder = Path(folder)
+    files = [CONFIG_NAME, WEIGHTS_NAME] + (["README.md"] if (folder / "README.md").is_file() else [])
+    for name in files[:2]:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder}: not a Hub-layout model folder (no {name})")
+    digest = hashlib.sha1()
+    for name in files:
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    base = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    snapshot = base / "snapshots" / digest.hexdigest()
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        tmp = snapshot / f".{name}.tmp"
+        shutil.copyfile(folder / name, tmp)
+        os.replace(tmp, snapshot / name)
+    (base / "refs").mkdir(exist_ok=True)
+    ref_tmp = base / "refs" / ".main.tmp"
+    ref_tmp.write_text(digest.hexdigest())
+    os.replace(ref_tmp, base / "refs" / "main")
+    return snapshot
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))

@@ -1,0 +1,322 @@
+"""The training loop of ``python -m clipag.finetune``: one readable loop, as in nanoGPT.
+
+Each step, for each micro-batch: build the objective's targets without gradients, attack the images with
+PGD against them (ε ramped), then take the gradient of the same objective on the adversarial images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..attacks import pgd
+from ..eval import PixelCLIP, eval_batches, evaluate, load_templates, zero_shot_weights
+from ..metrics import MetricsWriter
+from ..model import load_weights
+from ..tokenizer import tokenize
+from . import checkpoint, distributed
+from .args import parse_args
+from .build import Precision, create_model, epsilon_at, lr_at, param_groups
+from .data import build_source, make_loader
+from .export import export_model, push_to_hub
+from .losses import Objective
+
+__all__ = ["train", "TrainResult"]
+
+log = logging.getLogger("clipag.finetune")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    export_dir: Path | None
+    steps: int
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last logged training metrics
+    eval: dict[str, Any] | None = None  # the last evaluation
+    history: list[dict[str, Any]] = field(default_factory=list)  # every logged training record of this process
+
+
+def train(argv: list[str] | None = None, **overrides: Any) -> TrainResult:
+    """Run ``python -m clipag.finetune`` in-process: ``train(["--epsilon", "1"], steps=100)``."""
+    args = parse_args(argv, **overrides)
+    d = distributed.setup(args.device, args.dist_backend)
+    try:
+        return _run(args, d)
+    finally:
+        distributed.cleanup(d)
+
+
+def _setup_logging(output_dir: Path, main: bool) -> None:
+    log.setLevel(logging.INFO if main else logging.WARNING)
+    for handler in [h for h in log.handlers if getattr(h, "_clipag", False)]:
+        log.removeHandler(handler)
+        handler.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if main:
+        handlers.append(logging.FileHandler(output_dir / "train.log"))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler._clipag = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.propagate = False
+
+
+def _attack_seed(*parts: int) -> int:
+    """A per-(seed, rank, step, micro-batch) seed: random starts need no RNG state to resume exactly."""
+    return int.from_bytes(hashlib.sha256("-".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def weight_digests(model: torch.nn.Module, d: distributed.Dist) -> list[str]:
+    """Every rank's sha256 of its fp32 weights (sorted keys): equal digests mean bit-identical replicas."""
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        digest.update(state[key].detach().float().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return distributed.all_gather_object(digest.hexdigest(), d)
+
+
+def _run(args: Any, d: distributed.Dist) -> TrainResult:
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _setup_logging(out, d.main)
+    if d.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model, model_cfg, preprocess = create_model(args)
+    torch.manual_seed(args.seed + d.rank)  # per-rank seeding for anything stochastic after init
+    pixel = PixelCLIP(model, preprocess["mean"], preprocess["std"]).to(d.device)
+    context = int(model.context_length)
+    source = build_source(args, model.visual.input_resolution, context)
+    global_batch = args.batch_size * args.accum_steps * d.world_size
+    steps = args.steps
+    if steps is None and args.epochs is not None:
+        samples = source.num_samples or args.train_num_samples
+        if not samples:
+            raise SystemExit("--epochs with webdataset data needs --train-num-samples")
+        steps = max(1, math.ceil(args.epochs * samples / global_batch))
+    steps = steps or 20000
+    warmup = args.warmup if args.warmup is not None else min(1400, int(0.07 * steps))
+
+    class_tokens, templates = None, load_templates(args.templates)
+    if args.objective == "tecoa" and source.classnames:
+        prompts = [t.format(name) for name in source.classnames for t in templates]
+        class_tokens = tokenize(prompts, context_length=context, truncate=True).to(d.device)
+    elif args.objective == "tecoa":
+        log.info("tecoa on captioned data: cross-entropy over each batch's distinct captions")
+    if args.pretrained == "none" and not args.unlock_text:
+        log.warning("random initial weights with a frozen text tower: pass --pretrained, or --unlock-text to "
+                    "pretrain from scratch")
+    objective = Objective(args.objective, pixel, class_tokens, len(templates), text_locked=not args.unlock_text)
+    precision = Precision(args.precision, d.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr, betas=(args.beta1, args.beta2),
+                                  eps=args.adam_eps)
+
+    run = _resume(args, out, d, model, optimizer, precision)
+
+    attack_forward = torch.compile(pixel) if args.compile else pixel
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        pixel, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.distributed else None
+    net = ddp or pixel
+    if args.compile:
+        net = torch.compile(net)
+    loader = make_loader(source, args.batch_size, d.rank, d.world_size, args.workers, run.consumed, run.positions,
+                         pin_memory=d.device.type == "cuda")
+    batches = iter(loader)
+    writer = MetricsWriter(out / "metrics.jsonl", out / "tensorboard" if args.tensorboard else None) if d.main \
+        else None
+    if d.main:
+        log.info("%s: %s steps × global batch %d on %d rank(s) (%s, %s), objective %s, %s ε=%g over %d PGD steps",
+                 out, steps, global_batch, d.world_size, d.device, precision.name, args.objective, args.norm,
+                 args.epsilon, args.attack_steps)
+    result = TrainResult(out, None, steps)
+    bar = tqdm(total=steps, initial=run.step, unit="step", disable=not (d.main and args.progress))
+    sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss, accuracy, micro-batches since last log
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(run.step, steps):
+        lr = lr_at(step, args.lr, warmup, steps, args.lr_schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        eps = epsilon_at(step, args.epsilon, args.epsilon_warmup, steps)
+        alpha = args.attack_step_size * eps / args.epsilon if args.attack_step_size and args.epsilon else None
+        for micro in range(args.accum_steps):
+            batch = next(batches)
+            run.positions[int(batch["position"][0])] = tuple(batch["position"][1:].tolist())
+            run.consumed, run.skipped = run.consumed + 1, run.skipped + int(batch["skipped"])
+            images = batch["images"].to(d.device, non_blocking=True)
+            tokens = batch["tokens"].to(d.device, non_blocking=True)
+            labels = batch["labels"].to(d.device, non_blocking=True)
+
+            pixel.eval()  # attack with fixed normalisation statistics (matters for BatchNorm towers only)
+            with precision.autocast():
+                targets = objective.targets(images, tokens, labels)
+            scale = model.logit_scale.exp().detach().float()
+
+            def attack_loss(x: torch.Tensor, targets: Any = targets, scale: torch.Tensor = scale) -> torch.Tensor:
+                with precision.autocast():
+                    return objective.loss(attack_forward(x)[0], targets, scale, reduction="sum")[0]
+
+            generator = torch.Generator(d.device).manual_seed(_attack_seed(args.seed, d.rank, step, micro))
+            adversarial = pgd(attack_loss, images, norm=args.norm, epsilon=eps, steps=args.attack_steps,
+                              step_size=alpha, random_start=args.attack_random_start, generator=generator)
+            pixel.train()
+            sync = ddp.no_sync() if ddp is not None and micro < args.accum_steps - 1 else nullcontext()
+            with sync:
+                with precision.autocast():
+                    image_features, text_features, train_scale = net(
+                        adversarial, targets.tokens if args.unlock_text else None)
+                    if args.gather_features and d.distributed and args.objective == "contrastive":
+                        loss, acc = objective.global_loss(image_features, targets, train_scale, text_features)
+                    else:
+                        loss, acc = objective.loss(image_features, targets, train_scale, text_features)
+                precision.scaler.scale(loss / args.accum_steps).backward()
+            sums[0] += loss.detach()
+            sums[1] += acc.detach()
+            sums[2] += 1
+        precision.scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip if args.grad_clip > 0 else math.inf)
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if args.unlock_text:
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
+        done, window_steps = step + 1, window_steps + 1
+        bar.update(1)
+
+        if done % args.log_every == 0 or done == steps:
+            loss_sum, acc_sum, count, skipped_all = distributed.all_reduce_sum([*sums.tolist(), run.skipped], d)
+            elapsed = time.perf_counter() - window_start
+            metrics = {"loss": loss_sum / count, "acc": acc_sum / count, "lr": lr, "epsilon": eps,
+                       "grad_norm": float(grad_norm), "logit_scale": float(model.logit_scale.detach().exp()),
+                       "images_per_s": global_batch * window_steps / elapsed, "skipped_samples": int(skipped_all),
+                       "samples_seen": done * global_batch}
+            result.metrics = metrics
+            result.history.append({"step": done, **metrics})
+            if writer:
+                writer.write(metrics, done)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", eps=f"{eps:.3g}",
+                                img_s=f"{metrics['images_per_s']:.0f}", refresh=False)
+            sums.zero_()
+            window_start, window_steps = time.perf_counter(), 0
+        if args.eval_data and ((args.eval_every and done % args.eval_every == 0) or done == steps):
+            result.eval = _evaluate(args, pixel, precision, d, done, writer)
+            window_start = time.perf_counter()
+        if done % args.save_every == 0 or done == steps:
+            run.step = done
+            schedule = {"schedule": args.lr_schedule, "base_lr": args.lr, "warmup": warmup, "steps": steps}
+            _save(args, out, d, run, model, optimizer, precision, schedule,
+                  {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
+            window_start = time.perf_counter()
+    bar.close()
+
+    digests = weight_digests(model, d)
+    identical = len(set(digests)) == 1
+    if not identical:
+        raise RuntimeError("ranks ended with different weights: DDP went out of sync")
+    if d.main and args.export:
+        result.export_dir = export_model(model, model_cfg, preprocess, out / "export", info={
+            "pretrained": args.pretrained, "objective": args.objective, "norm": args.norm, "epsilon": args.epsilon,
+            "attack_steps": args.attack_steps, "epsilon_warmup": args.epsilon_warmup, "steps": steps,
+            "global_batch": global_batch, "data": f"{args.dataset_type}: {args.train_data or 'synthetic'}",
+            "text": "trained" if args.unlock_text else "frozen", "load_name": args.push_to_hub and
+            f"hf-hub:{args.push_to_hub}" or str(out / "export"), "title": args.push_to_hub or out.name})
+        log.info("exported %s", result.export_dir)
+        if args.push_to_hub:
+            log.info("pushed to %s", push_to_hub(result.export_dir, args.push_to_hub, args.hub_private))
+    if writer:
+        writer.write({"event": "done", "replicas_identical": identical, "world_size": d.world_size,
+                      "weight_digests": digests}, steps)
+        writer.close()
+    distributed.barrier(d)
+    return result
+
+
+@dataclass
+class RunState:
+    """Where a run is: what a checkpoint must restore besides weights and optimiser."""
+
+    step: int = 0
+    consumed: int = 0  # batches this rank has taken from its loader
+    positions: dict[int, tuple[int, ...]] = field(default_factory=dict)  # per loader slot, see data.py
+    skipped: int = 0  # corrupt samples this rank met
+
+
+def _resume(args: Any, out: Path, d: distributed.Dist, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            precision: Precision) -> RunState:
+    """Restore weights, optimiser, scaler, step, data positions and RNG; ``--resume latest`` with nothing to
+    resume starts fresh (so a preemptible job can always pass it)."""
+    run = RunState()
+    if args.resume == "latest":
+        found = checkpoint.find_latest(out)
+        if found is None:
+            log.info("--resume latest: no checkpoint in %s, starting fresh", checkpoint.checkpoint_dir(out))
+            return run
+    elif args.resume:
+        found = (Path(args.resume), checkpoint.load(args.resume))
+    else:
+        return run
+    path, state = found
+    load_weights(model, state["model"], str(path))
+    optimizer.load_state_dict(state["optimizer"])
+    precision.scaler.load_state_dict(state["scaler"])
+    run.step, data = state["step"], state["data"]
+    workers = max(1, args.workers)
+    if data["world_size"] == d.world_size and data["workers"] == workers:
+        run.consumed, run.skipped = data["consumed"], data["skipped"][d.rank]
+        run.positions = {int(k): tuple(v) for k, v in data["positions"][d.rank].items()}
+        checkpoint.set_rng_state(state["rng"][d.rank], d.device)
+    else:
+        log.warning("resuming with %d ranks × %d workers (checkpoint: %d × %d): the data order restarts",
+                    d.world_size, workers, data["world_size"], data["workers"])
+    log.info("resumed from %s at step %d", path, run.step)
+    return run
+
+
+def _save(args: Any, out: Path, d: distributed.Dist, run: RunState, model: torch.nn.Module,
+          optimizer: torch.optim.Optimizer, precision: Precision, schedule: dict[str, Any],
+          configs: dict[str, Any]) -> None:
+    """Gather every rank's data positions and RNG states; rank 0 writes the checkpoint atomically."""
+    mine = {"positions": {k: list(v) for k, v in run.positions.items()}, "rng": checkpoint.rng_state(d.device),
+            "skipped": run.skipped}
+    gathered = distributed.all_gather_object(mine, d)
+    if not d.main:
+        return
+    checkpoint.save({
+        "step": run.step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": precision.scaler.state_dict(), "scheduler": schedule, "rng": [g["rng"] for g in gathered],
+        "data": {"consumed": run.consumed, "world_size": d.world_size, "workers": max(1, args.workers),
+                 "positions": [g["positions"] for g in gathered], "skipped": [g["skipped"] for g in gathered]},
+        "args": dict(vars(args)), **configs,
+    }, out, run.step, args.keep_checkpoints)
+
+
+def _evaluate(args: Any, pixel: PixelCLIP, precision: Precision, d: distributed.Dist, step: int,
+              writer: MetricsWriter | None) -> dict[str, Any] | None:
+    """Zero-shot clean/robust accuracy on rank 0; the others wait (evaluation is small next to training)."""
+    result = None
+    if d.main:
+        size = pixel.model.visual.input_resolution
+        batches, classnames, total = eval_batches(args.eval_data, size, args.batch_size, args.eval_samples, args.seed,
+                                                  min(args.workers, 2), None, args.synthetic_classes)
+        weights = zero_shot_weights(pixel, classnames, load_templates(args.eval_templates or args.templates), d.device)
+        eps = args.epsilon if args.eval_epsilon is None else args.eval_epsilon
+        result = evaluate(pixel, batches, weights, args.eval_norm or args.norm, [eps] if eps > 0 else [],
+                          args.eval_attack_steps, None, d.device, precision.dtype, args.seed, total, progress=False)
+        result = {f"eval/{k}": v for k, v in result.items()}
+        log.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
+        if writer:
+            writer.write(result, step)
+    distributed.barrier(d)
+    return result
