@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list:
     """Sub-commands that live with their feature (generation, priors)."""
-    return []
+    from .generation_cli import register_generate, register_prior
+
+    return [register_generate, register_prior]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,390 @@
+"""Generator-free text-to-image: optimize pixels so a robust CLIP matches the prompt (CLIPAG, WACV 2024).
+
+The algorithm is the official notebook's (``CLIPAG_T2I.ipynb``; DESIGN §5): every step the canvas is seen
+as ``global_views`` noisy DiffAugment views and ``patch_views`` random patch crops; the loss is
+``global_weight·mean(1−cos) + patch_weight·mean(1−cos)`` against the prompt's text embedding; AdamW moves
+the pixels, the image gradient's norm is clipped, and dynamic thresholding keeps pixels in range. The output
+is the canvas with the lowest global loss. Deviations from the notebook are listed in ``docs/generate.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import augment as A
+from .images import to_pil
+from .prior import Prior, default_prior_path, upsample
+from .speed import input_grad_mode
+
+__all__ = ["GenerateConfig", "GenerationResult", "GenerationInterrupted", "Generator", "Session", "Step",
+           "generate",
+           "generate_result", "dynamic_threshold"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+INITS = ("auto", "noise", "gray", "dark")
+
+
+@dataclass
+class GenerateConfig:
+    """Every knob of the notebook, with its values as defaults (``patch_fraction`` = its 128 of 224 px)."""
+
+    steps: int = 100
+    lr: float = 0.0175
+    weight_decay: float = 0.01  # AdamW's default, which the notebook keeps
+    grad_clip: float = 0.001  # max L2 norm of the image gradient; 0 disables
+    global_views: int = 32
+    patch_views: int = 32
+    global_weight: float = 1.0
+    patch_weight: float = 5.0
+    patch_fraction: float = 128 / 224  # patch crop side as a fraction of the canvas side
+    noise: float = 0.01  # std of the pixel noise added to every view
+    rejection: float = 0.0  # zero the patch losses below this quantile (0 = off, as the notebook's default)
+    threshold: float = 0.95  # dynamic-thresholding percentile; 0 = plain clamp to [0, 1]
+    normalize: bool = True  # CLIP mean/std normalization of the views
+    # DiffAugment (see clipag.augment.DiffAugment)
+    policy: str = "color,translation,resize,cutout"
+    brightness: float = 0.5
+    saturation: tuple[float, float] = (0.0, 2.0)
+    contrast: tuple[float, float] = (0.5, 1.5)
+    translation: float = 0.125
+    resize: tuple[float, float] = (0.8, 1.2)
+    resize_per_image: bool = False
+    cutout: float = 0.5
+    # Start image and canvas
+    size: int | None = None  # canvas side; None = the model's input resolution
+    init: str = "auto"  # auto (the prior if there is one, else noise) | noise | gray | dark | an image file
+    prior_samples: int = 1000  # prior samples scored against the prompt (the notebook's actual count)
+    # Engineering (no effect on the maths, except amp)
+    frame_every: int = 10  # keep a frame every this many steps (0 = none)
+    amp: str = "auto"  # autocast: auto (CUDA bf16/fp16, CPU off) | bf16 | fp16 | off
+    fast: bool = True  # frozen weights, sequence-first attention, matmul patch embedding on CPU
+
+    def augmenter(self) -> A.DiffAugment:
+        return A.DiffAugment(policy=self.policy, brightness=self.brightness, saturation=tuple(self.saturation),
+                             contrast=tuple(self.contrast), translation=self.translation,
+                             resize=tuple(self.resize), resize_per_image=self.resize_per_image, cutout=self.cutout)
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.global_views < 0 or self.patch_views < 0:
+            raise ValueError("steps, global_views and patch_views must be >= 0")
+        if self.global_views + self.patch_views == 0:
+            raise ValueError("at least one global view or patch view is needed")
+        if not 0 < self.patch_fraction <= 1:
+            raise ValueError(f"patch_fraction must be in (0, 1], got {self.patch_fraction}")
+        if not 0 <= self.threshold < 1 or not 0 <= self.rejection < 1:
+            raise ValueError("threshold and rejection are quantiles in [0, 1)")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        self.augmenter()  # validates the policy
+
+
+@dataclass
+class Step:
+    """What a callback sees after each step (``image`` is the canvas after the update, detached)."""
+
+    step: int
+    loss: float
+    global_loss: float
+    patch_loss: float
+    best_loss: float
+    image: torch.Tensor
+
+
+@dataclass
+class GenerationResult:
+    prompt: str
+    seed: int
+    image: Image.Image  # the best canvas
+    tensor: torch.Tensor  # the best canvas, (1, 3, H, W) in [0, 1], on the CPU
+    best_step: int
+    best_loss: float
+    losses: list[dict[str, float]] = field(default_factory=list)  # per step: loss, global, patch
+    frames: list[Image.Image] = field(default_factory=list)
+    start: Image.Image | None = None
+    steps_done: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps_done / self.seconds if self.seconds else 0.0
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during generation; ``.result`` holds the best image so far."""
+
+    def __init__(self, result: GenerationResult) -> None:
+        super().__init__(f"interrupted after {result.steps_done} steps")
+        self.result = result
+
+
+def dynamic_threshold(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding on [0, 1] images: map to [-1, 1], let ``s = max(1, quantile(|x|, p))``
+    per image, clamp to ±s, divide by s, map back. Saturated pixels are pulled in instead of piling up at 0/1."""
+    y = x * 2 - 1
+    s = torch.quantile(y.abs().flatten(1).float(), p, dim=1).clamp(min=1).to(y.dtype).view(-1, 1, 1, 1)
+    return (torch.maximum(torch.minimum(y, s), -s) / s + 1) / 2
+
+
+def _model_resolution(model: Any) -> int:
+    visual = model.visual
+    size = getattr(visual, "input_resolution", None) or visual.image_size
+    return int(size[0] if isinstance(size, tuple | list) else size)
+
+
+def _resolve_model(model: Any, device: str | torch.device | None) -> tuple[torch.nn.Module, torch.device]:
+    if isinstance(model, str | os.PathLike):
+        from .loader import load
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # fp32 weights with autocast on GPU (the notebook's open_clip precision="amp"), not OpenAI's fp16 weights
+        return load(str(model), device=device, precision="fp32")[0], device
+    if not (hasattr(model, "encode_image") and hasattr(model, "encode_text") and hasattr(model, "visual")):
+        raise TypeError(f"model must be a name/path for clipag.load or a CLIP model, got {type(model).__name__}")
+    model_device = next(model.parameters()).device
+    if device is not None and torch.device(device) != model_device:
+        raise ValueError(f"the model is on {model_device} but device={device!r}; move it first (model.to(...))")
+    return model, model_device
+
+
+def _resolve_prior(prior: Prior | str | os.PathLike | None) -> Prior | None:
+    if prior is None or isinstance(prior, Prior):
+        return prior
+    if str(prior) == "auto":
+        path = default_prior_path()
+        return Prior.load(path) if path.exists() else None
+    if not Path(prior).exists():
+        raise FileNotFoundError(f"prior {prior} not found (build one with `clipag prior build`)")
+    return Prior.load(prior)
+
+
+class Generator:
+    """A model prepared for generation; :meth:`run` one prompt at a time (the CLI reuses it across prompts).
+
+    ``model``: anything :func:`clipag.load` takes, or a loaded CLIP model (used on its own device).
+    ``prior``: a :class:`Prior`, a prior file, ``"auto"`` (the one ``clipag prior build`` wrote to the cache,
+    if any) or ``None`` (start from ``config.init``).
+    """
+
+    def __init__(self, model: Any = "ViT-B/32", *, device: str | torch.device | None = None,
+                 prior: Prior | str | os.PathLike | None = "auto", config: GenerateConfig | None = None) -> None:
+        self.model, self.device = _resolve_model(model, device)
+        self.config = config or GenerateConfig()
+        self.config.validate()
+        self.prior = _resolve_prior(prior)
+        self.resolution = _model_resolution(self.model)
+        self.canvas_size()  # refuse a bad size now, not after the prompt is encoded
+        self._mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
+
+    # -- pieces ---------------------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        amp, dev = self.config.amp, self.device.type
+        if amp == "off" or (amp == "auto" and dev != "cuda"):
+            return contextlib.nullcontext()
+        if amp == "auto":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return torch.autocast(dev, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm float32 image features of views at the model's resolution."""
+        if self.config.normalize:
+            images = (images - self._mean) / self._std
+        with self._autocast():
+            features = self.model.encode_image(images)
+        return F.normalize(features.float(), dim=-1)
+
+    def _text_features(self, prompt: str) -> torch.Tensor:
+        from .tokenizer import tokenize
+
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty: describe the image to generate, e.g. \"a red apple on a table\"")
+        context = int(getattr(self.model, "context_length", 77) or 77)
+        try:
+            tokens = tokenize([prompt], context_length=context)
+        except RuntimeError:
+            warnings.warn(f"prompt longer than {context} tokens; the end is cut off", stacklevel=3)
+            tokens = tokenize([prompt], context_length=context, truncate=True)
+        with torch.no_grad(), self._autocast():
+            features = self.model.encode_text(tokens.to(self.device))
+        return F.normalize(features.float(), dim=-1)
+
+    def canvas_size(self) -> int:
+        size = self.config.size or self.resolution
+        if not (isinstance(size, int) and 16 <= size <= 4 * self.resolution):
+            raise ValueError(f"size must be an integer from 16 to {4 * self.resolution} (4x the model's "
+                             f"{self.resolution} px input), got {size!r}")
+        return size
+
+    def start_image(self, text: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+        """The prior sample most similar to the prompt, or the configured ``init`` without a prior (on the CPU)."""
+        cfg = self.config
+        if self.prior is not None and cfg.init == "auto" and cfg.prior_samples > 0:
+            def score(samples: torch.Tensor) -> torch.Tensor:
+                views = upsample(samples.to(self.device), self.resolution)
+                with torch.no_grad():
+                    return (self._encode(views) @ text.T).squeeze(1).cpu()
+            return upsample(self.prior.best_match(score, cfg.prior_samples, generator), size)
+        if cfg.init in ("auto", "noise"):  # a data-free stand-in for a prior sample: 16x16 colour noise around mid-grey
+            small = (0.5 + 0.2 * torch.randn(1, 3, 16, 16, generator=generator)).clamp(0, 1)
+            return upsample(small, size)
+        if cfg.init == "gray":
+            return torch.full((1, 3, size, size), 0.5)
+        if cfg.init == "dark":  # the start the notebook has commented out: uniform noise * 0.05
+            return torch.rand(1, 3, size, size, generator=generator) * 0.05
+        path = Path(cfg.init)
+        if not path.is_file():
+            raise ValueError(f"init must be one of {INITS} or an image file, got {cfg.init!r}")
+        import torchvision.transforms.functional as TF
+
+        with Image.open(path) as image:
+            tensor = TF.to_tensor(TF.center_crop(TF.resize(image.convert("RGB"), size), [size, size]))
+        return tensor.unsqueeze(0)
+
+    def losses(self, x: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None,
+               augment: A.DiffAugment) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(total, global, patch)`` losses of canvas ``x`` (1, 3, S, S); one encoder call for all views."""
+        cfg, r = self.config, self.resolution
+        g, p = cfg.global_views, cfg.patch_views
+        views = []
+        if g:
+            views.append(augment(A.add_noise(A.resize_to(x, r).expand(g, -1, -1, -1), cfg.noise,
+                                             generator=generator), generator))
+        if p:
+            crop = max(1, round(cfg.patch_fraction * x.shape[-1]))
+            shared = A.add_noise(x, cfg.noise, shared=True, generator=generator).expand(p, -1, -1, -1)
+            views.append(augment(A.random_crops(shared, crop, r, generator).clamp(0, 1), generator))
+        distance = 1 - (self._encode(torch.cat(views)) @ text.T).squeeze(1)
+        zero = distance.new_zeros(())
+        global_loss = distance[:g].mean() if g else zero
+        patch = distance[g:]
+        if p and cfg.rejection > 0:  # keep only the hardest patches (those above the quantile)
+            patch = torch.where(patch < torch.quantile(patch.detach(), cfg.rejection), 0.0, patch)
+        patch_loss = patch.mean() if p else zero
+        return cfg.global_weight * global_loss + cfg.patch_weight * patch_loss, global_loss, patch_loss
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def session(self, prompt: str, seed: int = 0) -> Session:
+        """One generation driven step by step: ``s = gen.session(p); s.step() ...; s.result()``."""
+        return Session(self, prompt, seed)
+
+    def _mode(self) -> contextlib.AbstractContextManager:
+        fast = self.config.fast
+        return input_grad_mode(self.model, freeze=True, sequence_first=fast, patch_matmul=None if fast else False)
+
+    def run(self, prompt: str, *, seed: int = 0, callback: Callable[[Step], bool | None] | None = None,
+            progress: bool = False) -> GenerationResult:
+        """Generate one image. ``callback(step)`` runs after every step; returning True stops early.
+
+        Ctrl-C raises :class:`GenerationInterrupted` (a ``KeyboardInterrupt``) carrying the best image so far.
+        """
+        from tqdm.auto import tqdm
+
+        session = self.session(prompt, seed)
+        bar = tqdm(range(self.config.steps), desc=prompt[:40], disable=not progress, leave=True)
+        try:
+            for _ in bar:
+                step = session.step()
+                bar.set_postfix(loss=f"{step.loss:.4f}", best=f"{step.best_loss:.4f}", refresh=False)
+                if callback is not None and callback(step):
+                    break
+        except KeyboardInterrupt:
+            raise GenerationInterrupted(session.result(interrupted=True)) from None
+        finally:
+            bar.close()
+        return session.result()
+
+
+class Session:
+    """The state of one generation: the canvas, its optimizer, the best canvas so far, losses and frames.
+
+    The model is put in :func:`~clipag.speed.input_grad_mode` only while :meth:`step` runs, so between steps
+    (in callbacks, or interleaved with other work) it is exactly as the caller left it.
+    """
+
+    def __init__(self, generator: Generator, prompt: str, seed: int) -> None:
+        self.generator, self.prompt, self.seed = generator, prompt, seed
+        self.config = cfg = generator.config
+        self.text = generator._text_features(prompt)
+        self.size = generator.canvas_size()
+        cpu_gen = torch.Generator().manual_seed(seed)
+        device = generator.device
+        self._gen = cpu_gen if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
+        self._augment = cfg.augmenter()
+        self.best: torch.Tensor | None = None
+        self.best_loss, self.best_step = math.inf, -1
+        self.losses: list[dict[str, float]] = []
+        self.frames: list[Image.Image] = []
+        with generator._mode():
+            self.x = generator.start_image(self.text, self.size, cpu_gen).to(device).requires_grad_(True)
+        self.start = to_pil(self.x)
+        self.optimizer = torch.optim.AdamW([self.x], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self._t0 = time.perf_counter()
+
+    def step(self) -> Step:
+        """One optimization step; returns its losses (measured on the canvas before the update)."""
+        cfg, x, n = self.config, self.x, len(self.losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.generator._mode():
+            loss, global_loss, patch_loss = self.generator.losses(x, self.text, self._gen, self._augment)
+            loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([x], cfg.grad_clip)
+        total, glob, patch = torch.stack([loss, global_loss, patch_loss]).detach().tolist()
+        tracked = glob if cfg.global_views else total
+        if tracked < self.best_loss:  # keep the canvas these losses were measured on
+            self.best, self.best_loss, self.best_step = x.detach().clone(), tracked, n
+        self.optimizer.step()
+        with torch.no_grad():
+            x.copy_(dynamic_threshold(x, cfg.threshold) if cfg.threshold > 0 else x.clamp(0, 1))
+        self.losses.append({"loss": total, "global": glob, "patch": patch})
+        if cfg.frame_every and (n % cfg.frame_every == 0 or n == cfg.steps - 1):
+            self.frames.append(to_pil(x))
+        return Step(n, total, glob, patch, self.best_loss, x.detach())
+
+    def result(self, interrupted: bool = False) -> GenerationResult:
+        best = self.best if self.best is not None else self.x.detach().clone()
+        return GenerationResult(prompt=self.prompt, seed=self.seed, image=to_pil(best), tensor=best.cpu(),
+                                best_step=self.best_step, best_loss=self.best_loss, losses=self.losses,
+                                frames=self.frames, start=self.start, steps_done=len(self.losses),
+                                seconds=time.perf_counter() - self._t0, interrupted=interrupted)
+
+
+def generate_result(prompt: str, *, model: Any = "ViT-B/32", steps: int = 100, seed: int = 0,
+                    device: str | torch.device | None = None, prior: Prior | str | os.PathLike | None = "auto",
+                    config: GenerateConfig | None = None, progress: bool = False,
+                    callback: Callable[[Step], bool | None] | None = None, **knobs: Any) -> GenerationResult:
+    """:func:`generate`, returning the :class:`GenerationResult` (frames, per-step losses, timing)."""
+    unknown = set(knobs) - {f.name for f in dataclasses.fields(GenerateConfig)}
+    if unknown:
+        raise TypeError(f"unknown generation option(s) {sorted(unknown)}; see clipag.generation.GenerateConfig")
+    cfg = dataclasses.replace(config or GenerateConfig(), steps=steps, **knobs)
+    generator = Generator(model, device=device, prior=prior, config=cfg)
+    return generator.run(prompt, seed=seed, callback=callback, progress=progress)
+
+
+def generate(prompt: str, *, model: Any = "ViT-B/32", steps: int = 100, seed: int = 0,
+             device: str | torch.device | None = None, prior: Prior | str | os.PathLike | None = "auto",
+             config: GenerateConfig | None = None, progress: bool = False,
+             callback: Callable[[Step], bool | None] | None = None, **knobs: Any) -> Image.Image:
+    """Text → image with CLIPAG and no generator: optimize the pixels for ``steps`` steps; return the best.
+
+    ``model`` is anything :func:`clipag.load` takes or a loaded model; ``knobs`` override
+    :class:`GenerateConfig` fields (e.g. ``global_views=16``, ``size=448``, ``init="gray"``).
+    """
+    return generate_result(prompt, model=model, steps=steps, seed=seed, device=device, prior=prior, config=config,
+                           progress=progress, callback=callback, **knobs).image
