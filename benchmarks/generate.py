@@ -35,20 +35,21 @@ PROMPT = "a lighthouse on a cliff at sunset"
 
 # --- the notebook's loop, re-implemented plainly ------------------------------------------------------------
 def nb_color(x: torch.Tensor) -> torch.Tensor:
-    n = x.shape[0]
-    x = x + torch.rand(n, 1, 1, 1) - 0.5
+    n, d = x.shape[0], x.device
+    x = x + torch.rand(n, 1, 1, 1, device=d) - 0.5
     m = x.mean(1, keepdim=True)
-    x = (x - m) * (2 * torch.rand(n, 1, 1, 1)) + m
+    x = (x - m) * (2 * torch.rand(n, 1, 1, 1, device=d)) + m
     m = x.mean((1, 2, 3), keepdim=True)
-    return (x - m) * (torch.rand(n, 1, 1, 1) + 0.5) + m
+    return (x - m) * (torch.rand(n, 1, 1, 1, device=d) + 0.5) + m
 
 
 def nb_translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
-    n, _, h, w = x.shape
+    (n, _, h, w), d = x.shape, x.device
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ty = torch.randint(-sh, sh + 1, (n, 1, 1))
-    tx = torch.randint(-sw, sw + 1, (n, 1, 1))
-    b, i, j = torch.meshgrid(torch.arange(n), torch.arange(h), torch.arange(w), indexing="ij")
+    ty = torch.randint(-sh, sh + 1, (n, 1, 1), device=d)
+    tx = torch.randint(-sw, sw + 1, (n, 1, 1), device=d)
+    b, i, j = torch.meshgrid(torch.arange(n, device=d), torch.arange(h, device=d), torch.arange(w, device=d),
+                             indexing="ij")
     i = (i + ty + 1).clamp(0, h + 1)
     j = (j + tx + 1).clamp(0, w + 1)
     padded = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1)
@@ -67,12 +68,13 @@ def nb_resize(x: torch.Tensor) -> torch.Tensor:
 
 
 def nb_cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
-    n, _, h, w = x.shape
+    (n, _, h, w), d = x.shape, x.device
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    oy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1))
-    ox = torch.randint(0, w + (1 - cw % 2), (n, 1, 1))
-    b, i, j = torch.meshgrid(torch.arange(n), torch.arange(ch), torch.arange(cw), indexing="ij")
-    mask = torch.ones(n, h, w)
+    oy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=d)
+    ox = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=d)
+    b, i, j = torch.meshgrid(torch.arange(n, device=d), torch.arange(ch, device=d), torch.arange(cw, device=d),
+                             indexing="ij")
+    mask = torch.ones(n, h, w, device=d, dtype=x.dtype)
     mask[b, (i + oy - ch // 2).clamp(0, h - 1), (j + ox - cw // 2).clamp(0, w - 1)] = 0
     return x * mask.unsqueeze(1)
 
@@ -82,30 +84,36 @@ def nb_augment(x: torch.Tensor) -> torch.Tensor:
 
 
 class NotebookLoop:
-    """The notebook's ``generate`` body for one prompt, on the CPU."""
+    """The notebook's ``generate`` body for one prompt (on CUDA under fp16 autocast, as the notebook runs)."""
 
     def __init__(self, model: torch.nn.Module, views: int, patches: int, size: int) -> None:
         self.model, self.views, self.patches, self.size = model, views, patches, size
+        self.device = d = next(model.parameters()).device
+        self.autocast = torch.autocast("cuda", dtype=torch.float16, enabled=d.type == "cuda")
         crop = round(128 / 224 * size)
         self.crop = transforms.Compose([transforms.RandomCrop(crop), transforms.Resize(size)])
         self.norm = transforms.Normalize(CLIP_MEAN, CLIP_STD)
-        with torch.no_grad():
-            t = model.encode_text(tokenize([PROMPT]))
+        with torch.no_grad(), self.autocast:
+            t = model.encode_text(tokenize([PROMPT]).to(d)).float()
             self.text = t / t.norm(dim=-1, keepdim=True)
-        self.image = torch.rand(1, 3, size, size, requires_grad=True)
+        self.image = torch.rand(1, 3, size, size, device=d, requires_grad=True)
         self.opt = torch.optim.AdamW([self.image], lr=0.0175)
         self.best_loss, self.best = math.inf, None
 
     def step(self) -> None:
-        image, model, s = self.image, self.model, self.size
+        with self.autocast:
+            self._step()
+
+    def _step(self) -> None:
+        image, model, s, d = self.image, self.model, self.size, self.device
         self.opt.zero_grad()  # the model's own gradients are never zeroed, as in the notebook
-        noisy = image.repeat(self.patches, 1, 1, 1) + torch.randn(1, 3, s, s) * 0.01
+        noisy = image.repeat(self.patches, 1, 1, 1) + torch.randn(1, 3, s, s, device=d) * 0.01
         crops = torch.clamp(torch.stack([self.crop(img) for img in noisy]), 0, 1)
         f = model.encode_image(self.norm(nb_augment(crops)))
         f = f / f.clone().norm(dim=-1, keepdim=True)
         patch_loss = (1 - torch.cosine_similarity(f, self.text, dim=1)).mean()
         g = model.encode_image(self.norm(nb_augment(image.repeat(self.views, 1, 1, 1)
-                                                    + torch.randn(self.views, 3, s, s) * 0.01)))
+                                                    + torch.randn(self.views, 3, s, s, device=d) * 0.01)))
         g = g / g.clone().norm(dim=-1, keepdim=True)
         clip_loss = (1 - torch.cosine_similarity(g, self.text, dim=1)).mean()
         (clip_loss + 5 * patch_loss).backward()
@@ -147,6 +155,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps of each loop, alternating")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--amp-check", action="store_true", help="also compare CPU bf16 autocast with fp32")
+    parser.add_argument("--breakdown", action="store_true", help="also time clipag without its encoder fast paths")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,19 +167,24 @@ def main() -> None:
     print(f"{args.arch} (random weights), CPU x{torch.get_num_threads()} threads, {size}px, "
           f"{args.views}+{args.patches} views, {args.steps} alternating steps each after one warm-up")
     notebook = NotebookLoop(model, args.views, args.patches, size)
-    config = GenerateConfig(global_views=args.views, patch_views=args.patches, frame_every=0, amp="off",
-                            steps=args.steps + 1)
-    nb_times, our_times = [], []
-    ours = Generator(model, prior=None, config=config).session(PROMPT)
-    notebook.step(), ours.step()  # warm-up (allocations, oneDNN kernel selection)
-    for i in range(args.steps):  # alternate so machine-load drift hits both loops alike
-        nb_times.append(timed(notebook.step))
-        our_times.append(timed(ours.step))
-        print(f"step {i}: notebook {nb_times[-1]:.2f} s, clipag {our_times[-1]:.2f} s", flush=True)
-    nb, us = statistics.median(nb_times), statistics.median(our_times)
-    ratios = [a / b for a, b in zip(nb_times, our_times, strict=True)]
-    print(f"notebook loop: {1 / nb:.3f} steps/s   clipag: {1 / us:.3f} steps/s")
-    print(f"speed-up: {nb / us:.2f}x (median times; per-pair ratios {min(ratios):.2f}-{max(ratios):.2f}x)")
+    loops: dict[str, Callable[[], object]] = {"notebook": notebook.step}
+    variants = {"clipag": True, "clipag fast=False": False} if args.breakdown else {"clipag": True}
+    for name, fast in variants.items():
+        config = GenerateConfig(global_views=args.views, patch_views=args.patches, frame_every=0, amp="off",
+                                steps=args.steps + 1, fast=fast)
+        loops[name] = Generator(model, prior=None, config=config).session(PROMPT).step
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for step in loops.values():
+        step()  # warm-up (allocations, kernel selection)
+    for i in range(args.steps):  # alternate so machine-load drift hits every loop alike
+        for name, step in loops.items():
+            times[name].append(timed(step))
+        print(f"step {i}: " + ", ".join(f"{name} {t[-1]:.2f} s" for name, t in times.items()), flush=True)
+    nb = statistics.median(times["notebook"])
+    for name, t in times.items():
+        ratios = [a / b for a, b in zip(times["notebook"], t, strict=True)]
+        print(f"{name:18s} {1 / statistics.median(t):.3f} steps/s  speed-up {nb / statistics.median(t):.2f}x "
+              f"(median; per-step pairs {min(ratios):.2f}-{max(ratios):.2f}x)")
     if args.amp_check:
         amp_check(model, args.views, args.patches, steps=10)
 

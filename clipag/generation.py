@@ -71,7 +71,7 @@ class GenerateConfig:
     # Engineering (no effect on the maths, except amp)
     frame_every: int = 10  # keep a frame every this many steps (0 = none)
     amp: str = "auto"  # autocast: auto (CUDA bf16/fp16, CPU off) | bf16 | fp16 | off
-    fast: bool = True  # frozen weights, sequence-first attention, matmul patch embedding on CPU
+    fast: bool = True  # clipag.speed's encoder fast paths (same maths); weights are frozen either way
 
     def augmenter(self) -> A.DiffAugment:
         return A.DiffAugment(policy=self.policy, brightness=self.brightness, saturation=tuple(self.saturation),
@@ -284,7 +284,8 @@ class Generator:
 
     def _mode(self) -> contextlib.AbstractContextManager:
         fast = self.config.fast
-        return input_grad_mode(self.model, freeze=True, sequence_first=fast, patch_matmul=None if fast else False)
+        return input_grad_mode(self.model, freeze=True, lean_blocks=fast, class_token_only=fast,
+                               patch_matmul=None if fast else False)
 
     def run(self, prompt: str, *, seed: int = 0, callback: Callable[[Step], bool | None] | None = None,
             progress: bool = False) -> GenerationResult:

@@ -82,7 +82,8 @@ def test_model_is_left_as_the_caller_had_it(model):
     model.train()
     generate_result("a cat", model=model, steps=2, **FAST)
     assert model.training and all(p.requires_grad for p in model.parameters())
-    assert type(model.visual.conv1).__name__ == "Conv2d" and model.visual.transformer.batch_first
+    assert type(model.visual.conv1).__name__ == "Conv2d"
+    assert all(type(b).__name__ == "ResidualAttentionBlock" for b in model.visual.transformer.resblocks)
     assert all(p.grad is None for p in model.parameters())  # no weight gradients were computed
     model.eval()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from generate_fixtures import one_thread, tiny_model
 
-from clipag.speed import ClassTokenBlock, PatchEmbedMatmul, input_grad_mode
+from clipag.speed import LeanBlock, PatchEmbedMatmul, input_grad_mode
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,7 @@ def features_and_input_grad(model, images, mode):
 
 
 @pytest.mark.parametrize("options", [dict(), dict(class_token_only=False), dict(patch_matmul=True),
-                                     dict(sequence_first=False, patch_matmul=False)])
+                                     dict(lean_blocks=False, patch_matmul=False)])
 def test_fast_paths_give_the_same_features_and_image_gradients(options):
     model = tiny_model(seed=1)
     images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -44,17 +44,26 @@ def test_the_model_is_restored_exactly_even_after_an_error():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(RuntimeError, match="boom"), input_grad_mode(model, patch_matmul=True):
         assert isinstance(model.visual.conv1, PatchEmbedMatmul)
-        assert isinstance(model.visual.transformer.resblocks[-1], ClassTokenBlock)
+        blocks = model.visual.transformer.resblocks
+        assert all(isinstance(b, LeanBlock) for b in blocks) and blocks[-1].class_token_only
+        assert not blocks[0].class_token_only
         assert not model.training and not any(p.requires_grad for p in model.parameters())
         assert model.dtype == torch.float32  # OpenAI's dtype property still reads conv1.weight
         raise RuntimeError("boom")
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert type(model.visual.conv1) is torch.nn.Conv2d
-    assert not isinstance(model.visual.transformer.resblocks[-1], ClassTokenBlock)
-    assert model.visual.transformer.batch_first
-    assert all(block.attn.batch_first for block in model.visual.transformer.resblocks)
+    assert not any(isinstance(b, LeanBlock) for b in model.visual.transformer.resblocks)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lean_block_matches_the_block_on_all_tokens_and_the_class_token():
+    block = tiny_model().visual.transformer.resblocks[0]
+    x = torch.randn(3, 17, 64)
+    assert torch.allclose(LeanBlock(block)(x), block(x), atol=1e-5)
+    assert torch.allclose(LeanBlock(block, class_token_only=True)(x), block(x)[:, :1], atol=1e-5)
+    mask = torch.zeros(17, 17)
+    assert torch.allclose(LeanBlock(block)(x, attn_mask=mask), block(x, attn_mask=mask), atol=1e-5)
 
 
 def test_patch_matmul_falls_back_to_the_conv_for_other_sizes():
