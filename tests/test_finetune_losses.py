@@ -82,7 +82,7 @@ def test_every_flag_documents_default_and_source():
     flags = {opt for action in parser._actions for opt in action.option_strings}
     assert required <= flags
     for action in parser._actions:
-        if action.option_strings and action.dest != "help" and action.dest != "train_data":
+        if action.option_strings and action.dest != "help":
             assert "default:" in action.help and "source:" in action.help, action.option_strings
 
 

@@ -28,18 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "under torchrun / SLURM on many, with no change.",
         epilog="Example (8 GPUs):\n  torchrun --nproc_per_node 8 -m clipag.finetune --train-data "
                "'cc3m/{00000..00331}.tar' \\\n    --train-num-samples 2800000 --dataset-resampled --model ViT-B-32 "
-               "--pretrained hf-hub:timm/vit_base_patch32_clip_224.openai --force-quick-gelu --output-dir runs/clipag\n"
+               "--pretrained hf-hub:timm/vit_base_patch32_clip_224.openai --output-dir runs/clipag\n"
                "See docs/finetune.md for the full recipe.")
 
     def add(group: argparse._ArgumentGroup, *flags: str, default: Any = None, source: str | None = None,
-            help: str, **kwargs: Any) -> None:
-        shown = "off" if default is False else "on" if default is True else default
+            help: str, shown: str | None = None, **kwargs: Any) -> None:
+        if shown is None:
+            shown = "off" if default is False else "on" if default is True else default
         note = f" (default: {shown}" + (f"; source: {source})" if source else ")")
         group.add_argument(*flags, default=default, help=help + note, **kwargs)
 
     g = p.add_argument_group("data")
-    add(g, "--train-data", help="webdataset shards ('a/{00000..00099}.tar', several sources joined by '::', "
-        "pipe:/http URLs allowed), a CSV/TSV file, or an image folder root/<class>/<images>")
+    add(g, "--train-data", source="required unless --dataset-type synthetic",
+        help="webdataset shards ('a/{00000..00099}.tar', several sources joined by '::', pipe:/http URLs allowed), "
+             "a CSV/TSV file, or an image folder root/<class>/<images>")
     add(g, "--dataset-type", default="auto", choices=DATASET_TYPES, source="clipag: guessed from --train-data",
         help="how to read --train-data; 'synthetic' needs no data (coloured-layout classes, for smoke tests)")
     add(g, "--train-num-samples", type=int, source="open_clip_train",
@@ -64,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
              "captions use the first, tecoa averages them all")
     add(g, "--synthetic-classes", type=int, default=10, source="clipag", help="classes of the synthetic source")
     add(g, "--synthetic-size", type=int, default=8192, source="clipag", help="samples in one synthetic epoch")
-    add(g, "--no-augment", dest="augment", default=True, action="store_false", source="open_clip_train: "
-        "RandomResizedCrop scale 0.9-1", help="turn off the random resized crop of file images")
+    add(g, "--no-augment", dest="augment", default=True, action="store_false", shown="augment",
+        source="open_clip_train: RandomResizedCrop scale 0.9-1", help="turn off the random resized crop of file images")
     add(g, "--workers", type=int, default=4, source="open_clip_train", help="data loader processes per rank")
 
     g = p.add_argument_group("model")
@@ -132,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--log-every", type=int, default=10, source="clipag", help="write metrics every N steps")
     add(g, "--tensorboard", default=False, action="store_true", source="clipag",
         help="also log to OUTPUT_DIR/tensorboard")
-    add(g, "--no-progress", dest="progress", default=True, action="store_false", source="clipag",
-        help="hide the progress bar")
+    add(g, "--no-progress", dest="progress", default=True, action="store_false", shown="bar shown on rank 0",
+        source="clipag", help="hide the progress bar")
     add(g, "--eval-data", source="clipag", help="image folder (or 'synthetic') for zero-shot evaluation")
     add(g, "--eval-every", type=int, default=0, source="clipag", help="evaluate every N steps; 0 = at the end only")
     add(g, "--eval-samples", type=int, default=1000, source="clipag", help="seeded subset of --eval-data")

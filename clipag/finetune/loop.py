@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..attacks import pgd
 from ..eval import PixelCLIP, eval_batches, evaluate, load_templates, zero_shot_weights
 from ..metrics import MetricsWriter
 from ..model import load_weights
@@ -30,6 +29,7 @@ from .build import Precision, create_model, epsilon_at, lr_at, param_groups
 from .data import build_source, make_loader
 from .export import export_model, push_to_hub
 from .losses import Objective
+from .step import AdversarialStep
 
 __all__ = ["train", "TrainResult"]
 
@@ -131,6 +131,9 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
     net = ddp or pixel
     if args.compile:
         net = torch.compile(net)
+    micro_step = AdversarialStep(
+        pixel, net, attack_forward, objective, precision, args.norm, args.attack_steps, args.attack_random_start,
+        args.unlock_text, global_loss=args.gather_features and d.distributed and args.objective == "contrastive")
     loader = make_loader(source, args.batch_size, d.rank, d.world_size, args.workers, run.consumed, run.positions,
                          pin_memory=d.device.type == "cuda")
     batches = iter(loader)
@@ -154,32 +157,11 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
             batch = next(batches)
             run.positions[int(batch["position"][0])] = tuple(batch["position"][1:].tolist())
             run.consumed, run.skipped = run.consumed + 1, run.skipped + int(batch["skipped"])
-            images = batch["images"].to(d.device, non_blocking=True)
-            tokens = batch["tokens"].to(d.device, non_blocking=True)
-            labels = batch["labels"].to(d.device, non_blocking=True)
-
-            pixel.eval()  # attack with fixed normalisation statistics (matters for BatchNorm towers only)
-            with precision.autocast():
-                targets = objective.targets(images, tokens, labels)
-            scale = model.logit_scale.exp().detach().float()
-
-            def attack_loss(x: torch.Tensor, targets: Any = targets, scale: torch.Tensor = scale) -> torch.Tensor:
-                with precision.autocast():
-                    return objective.loss(attack_forward(x)[0], targets, scale, reduction="sum")[0]
-
+            images, tokens, labels = (batch[k].to(d.device, non_blocking=True) for k in ("images", "tokens", "labels"))
             generator = torch.Generator(d.device).manual_seed(_attack_seed(args.seed, d.rank, step, micro))
-            adversarial = pgd(attack_loss, images, norm=args.norm, epsilon=eps, steps=args.attack_steps,
-                              step_size=alpha, random_start=args.attack_random_start, generator=generator)
-            pixel.train()
             sync = ddp.no_sync() if ddp is not None and micro < args.accum_steps - 1 else nullcontext()
             with sync:
-                with precision.autocast():
-                    image_features, text_features, train_scale = net(
-                        adversarial, targets.tokens if args.unlock_text else None)
-                    if args.gather_features and d.distributed and args.objective == "contrastive":
-                        loss, acc = objective.global_loss(image_features, targets, train_scale, text_features)
-                    else:
-                        loss, acc = objective.loss(image_features, targets, train_scale, text_features)
+                loss, acc = micro_step(images, tokens, labels, eps, alpha, generator)
                 precision.scaler.scale(loss / args.accum_steps).backward()
             sums[0] += loss.detach()
             sums[1] += acc.detach()
