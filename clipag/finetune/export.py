@@ -52,6 +52,9 @@ def export_model(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_c
     folder = Path(folder)
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     save_safetensors(state, folder / WEIGHTS_NAME, metadata={"clipag_model_cfg": model_cfg, "format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder / WEIGHTS_NAME, 0o666 & ~umask)  # safetensors writes 0600; an export is meant to be shared
     write_json_atomic(folder / CONFIG_NAME, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
     if info is not None:
         fields = {"title": folder.name, "load_name": str(folder), "pretrained": "none", "objective": "contrastive",
