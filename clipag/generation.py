@@ -90,6 +90,8 @@ class GenerateConfig:
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         self.augmenter()  # validates the policy
+        if self.init not in INITS and not Path(self.init).is_file():
+            raise ValueError(f"init must be one of {INITS} or an image file, got {self.init!r}")
 
 
 @dataclass

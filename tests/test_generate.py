@@ -149,3 +149,17 @@ def test_init_options(model, tmp_path):
     assert red.start.getpixel((16, 16)) == (200, 10, 10)
     with pytest.raises(ValueError, match="init must be one of"):
         generate_result("x", model=model, steps=0, init="sparkles", **FAST)
+
+
+def test_an_openai_clip_model_object_works(openai_reference):
+    """The reference package's model (OpenAI layout: LND transformer, no open_clip blocks) is used as is."""
+    before = {k: v.clone() for k, v in openai_reference.state_dict().items()}
+    r = generate_result("a red apple", model=openai_reference, steps=2, global_views=2, patch_views=2, prior=None)
+    assert r.image.size == (224, 224) and r.steps_done == 2 and r.best_loss < 2
+    assert all(torch.equal(v, openai_reference.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_long_prompt_is_cut_with_a_warning(model):
+    with pytest.warns(UserWarning, match="longer than 77 tokens"):
+        r = generate_result("a very long prompt " * 30, model=model, steps=1, **FAST)
+    assert r.steps_done == 1
