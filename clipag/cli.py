@@ -53,6 +53,11 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .weights import import_checkpoint
 
+    if args.name.startswith("hf-hub:"):  # a Hub-layout folder (e.g. a clipag.finetune export) copied here
+        from .weights import install_in_hub_cache
+
+        print(install_in_hub_cache(args.file, args.name.removeprefix("hf-hub:")))
+        return 0
     entry = registry.get_entry(args.name)
     if entry is None:
         raise registry.not_found_error(args.name)
@@ -89,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("import", help="verify, convert and cache a checkpoint you downloaded yourself")
-    p.add_argument("name", help="registry name, e.g. ViT-B/32")
-    p.add_argument("file", help="the downloaded file, e.g. CLIPAG_ViTB32.pt")
+    p.add_argument("name", help="registry name (e.g. ViT-B/32), or hf-hub:ORG/NAME for a Hub-layout folder")
+    p.add_argument("file", help="the downloaded file (e.g. CLIPAG_ViTB32.pt), or a folder with "
+                                "open_clip_config.json + open_clip_model.safetensors")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("run", help="run an unmodified script with `import clip` resolving to clipag")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -34,8 +35,8 @@ from .hub import (
 from .model import build_model, load_weights
 from .registry import ModelEntry, get_entry, not_found_error
 
-__all__ = ["ResolvedWeights", "resolve", "fetch_entry", "load_entry", "import_checkpoint", "entry_dir", "CONFIG_NAME",
-           "WEIGHTS_NAME"]
+__all__ = ["ResolvedWeights", "resolve", "fetch_entry", "load_entry", "install_in_hub_cache", "import_checkpoint",
+           "entry_dir", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -263,3 +264,36 @@ def resolve(name: str, download_root: str | os.PathLike | None = None,
     config, preprocess = _config_for_file(path, checkpoint.metadata, checkpoint.format, checkpoint.state_dict,
                                           quick_gelu)
     return ResolvedWeights(config, checkpoint.state_dict, str(path), preprocess)
+
+
+def install_in_hub_cache(folder: str | os.PathLike, repo: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Place a Hub-layout folder into the Hugging Face cache as ``repo``'s ``main`` revision.
+
+    Lets ``clipag.load("hf-hub:ORG/NAME")`` work offline with a model that was copied, not downloaded
+    (``clipag import hf-hub:ORG/NAME FOLDER``). The revision name is the content hash of the files.
+    """
+    from huggingface_hub import constants
+
+    folder = Path(folder)
+    resolve(str(folder))  # loads and checks config + weights before anything is installed
+    files = [CONFIG_NAME, WEIGHTS_NAME] + (["README.md"] if (folder / "README.md").is_file() else [])
+    for name in files[:2]:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder}: not a Hub-layout model folder (no {name})")
+    digest = hashlib.sha1()
+    for name in files:
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    base = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    snapshot = base / "snapshots" / digest.hexdigest()
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        tmp = snapshot / f".{name}.tmp"
+        shutil.copyfile(folder / name, tmp)
+        os.replace(tmp, snapshot / name)
+    (base / "refs").mkdir(exist_ok=True)
+    ref_tmp = base / "refs" / ".main.tmp"
+    ref_tmp.write_text(digest.hexdigest())
+    os.replace(ref_tmp, base / "refs" / "main")
+    return snapshot

@@ -7,10 +7,8 @@ The folder holds ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import torch
 
 from ..checkpoints import save_safetensors
 from ..hub import write_json_atomic
-from ..weights import CONFIG_NAME, WEIGHTS_NAME
+from ..weights import CONFIG_NAME, WEIGHTS_NAME, install_in_hub_cache
 
 __all__ = ["export_model", "push_to_hub", "install_in_hub_cache"]
 
@@ -73,38 +71,6 @@ def push_to_hub(folder: str | os.PathLike, repo: str, private: bool = False,
     api.create_repo(repo, private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
-
-
-def install_in_hub_cache(folder: str | os.PathLike, repo: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Place a Hub-layout folder into the Hugging Face cache as ``repo``'s ``main`` revision.
-
-    Lets ``clipag.load("hf-hub:ORG/NAME")`` work offline with a model that was copied, not downloaded
-    (``clipag import hf-hub:ORG/NAME FOLDER``). The revision name is the content hash of the files.
-    """
-    from huggingface_hub import constants
-
-    folder = Path(folder)
-    files = [CONFIG_NAME, WEIGHTS_NAME] + (["README.md"] if (folder / "README.md").is_file() else [])
-    for name in files[:2]:
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder}: not a Hub-layout model folder (no {name})")
-    digest = hashlib.sha1()
-    for name in files:
-        with open(folder / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    base = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
-    snapshot = base / "snapshots" / digest.hexdigest()
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for name in files:
-        tmp = snapshot / f".{name}.tmp"
-        shutil.copyfile(folder / name, tmp)
-        os.replace(tmp, snapshot / name)
-    (base / "refs").mkdir(exist_ok=True)
-    ref_tmp = base / "refs" / ".main.tmp"
-    ref_tmp.write_text(digest.hexdigest())
-    os.replace(ref_tmp, base / "refs" / "main")
-    return snapshot
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
