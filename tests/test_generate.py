@@ -159,6 +159,15 @@ def test_an_openai_clip_model_object_works(openai_reference):
     assert all(torch.equal(v, openai_reference.state_dict()[k]) for k, v in before.items())
 
 
+def test_a_plain_open_clip_model_object_works():
+    import open_clip
+    from generate_fixtures import TINY_32
+
+    plain = open_clip.CLIP(**TINY_32).eval()  # no clipag facade: no visual.input_resolution
+    r = generate_result("a red apple", model=plain, steps=2, **FAST)
+    assert r.image.size == (32, 32) and r.steps_done == 2
+
+
 def test_a_long_prompt_is_cut_with_a_warning(model):
     with pytest.warns(UserWarning, match="longer than 77 tokens"):
         r = generate_result("a very long prompt " * 30, model=model, steps=1, **FAST)
