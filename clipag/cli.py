@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import registry
-from .hub import cache_root
+from .hub import WEIGHTS_NAME, cache_root, model_dir
 
 __all__ = ["main", "build_parser"]
 
@@ -16,9 +16,7 @@ def _cached(entry: registry.ModelEntry, download_root: str | None) -> bool:
         from huggingface_hub import try_to_load_from_cache
 
         return isinstance(try_to_load_from_cache(entry.hf_repo, "open_clip_config.json"), str)
-    from .weights import WEIGHTS_NAME, entry_dir
-
-    return (entry_dir(entry, download_root) / WEIGHTS_NAME).exists()
+    return (model_dir(entry.name, download_root) / WEIGHTS_NAME).exists()
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -19,10 +19,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["DownloadError", "OfflineError", "cache_root", "is_offline", "download_url", "sha256_of",
-           "read_json", "write_json_atomic"]
+__all__ = ["DownloadError", "OfflineError", "cache_root", "model_dir", "is_offline", "download_url", "sha256_of",
+           "read_json", "write_json_atomic", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CHUNK = 1 << 20
+CONFIG_NAME = "open_clip_config.json"  # open_clip's Hub layout, which every cached model folder follows
+WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
 class DownloadError(RuntimeError):
@@ -41,6 +43,11 @@ def cache_root(download_root: str | os.PathLike | None = None) -> Path:
         return Path(os.environ["CLIPAG_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(xdg) / "clipag"
+
+
+def model_dir(name: str, download_root: str | os.PathLike | None = None) -> Path:
+    """The cache folder of a registry model (``ViT-B/32`` → ``<cache>/ViT-B-32``)."""
+    return cache_root(download_root) / name.replace("/", "-")
 
 
 def is_offline() -> bool:

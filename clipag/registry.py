@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import open_clip
-
 __all__ = ["ModelEntry", "REGISTRY", "OPENAI_NAMES_WITHOUT_COUNTERPART", "available_models", "get_entry",
            "not_found_error"]
 
@@ -40,6 +38,8 @@ class ModelEntry:
 
     def model_config(self) -> dict[str, Any]:
         """The open_clip model config with the activation pinned by this entry."""
+        import open_clip
+
         config = open_clip.get_model_config(self.arch)
         if config is None:
             raise RuntimeError(f"open_clip has no architecture {self.arch!r}")

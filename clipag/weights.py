@@ -23,11 +23,14 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
 from .checkpoints import Checkpoint, CheckpointError, infer_openai_config, read_checkpoint, save_safetensors
 from .hub import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
     DownloadError,
     OfflineError,
     cache_root,
     download_url,
     is_offline,
+    model_dir,
     read_json,
     sha256_of,
     write_json_atomic,
@@ -38,8 +41,6 @@ from .registry import ModelEntry, get_entry, not_found_error
 __all__ = ["ResolvedWeights", "resolve", "fetch_entry", "load_entry", "install_in_hub_cache", "import_checkpoint",
            "entry_dir", "CONFIG_NAME", "WEIGHTS_NAME"]
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
 _HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                      "open_clip_pytorch_model.bin")
 _CONFIG_META_KEY = "clipag_model_cfg"
@@ -54,7 +55,7 @@ class ResolvedWeights:
 
 
 def entry_dir(entry: ModelEntry, download_root: str | os.PathLike | None = None) -> Path:
-    return cache_root(download_root) / entry.name.replace("/", "-")
+    return model_dir(entry.name, download_root)
 
 
 def _how_to_get(entry: ModelEntry, target: Path) -> str:
