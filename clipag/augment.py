@@ -11,13 +11,13 @@ Generation (``clipag.generation``) and the framework adapters share this module.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DiffAugment", "POLICIES", "brightness", "saturation", "contrast", "translate", "rescale", "cutout",
-           "random_crops", "add_noise", "resize_to"]
+__all__ = ["AugmentParams", "DiffAugment", "POLICIES", "brightness", "saturation", "contrast", "translate", "rescale",
+           "cutout", "random_crops", "add_noise", "resize_to"]
 
 
 def _uniform(x: torch.Tensor, low: float, high: float, generator: torch.Generator | None,
@@ -164,14 +164,10 @@ POLICIES: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class DiffAugment:
-    """The DiffAugment chain with the notebook's ranges; call it on a batch: ``aug(x, generator)``.
-
-    ``policy`` is a comma-separated subset of ``color,translation,resize,cutout``, applied in that order
-    within the string. Each image gets its own parameters, except the resize ratio when
-    ``resize_per_image`` is False (the notebook draws one ratio per batch).
-    """
+@dataclass
+class AugmentParams:
+    """DiffAugment's ranges, with the notebook's values. ``clipag.generation.GenerateConfig`` inherits them,
+    so they stay flat knobs there (``generate(p, brightness=0.3)``, ``--set cutout=0``)."""
 
     policy: str = "color,translation,resize,cutout"
     brightness: float = 0.5
@@ -181,6 +177,20 @@ class DiffAugment:
     resize: tuple[float, float] = (0.8, 1.2)
     resize_per_image: bool = False
     cutout: float = 0.5
+
+    def augmenter(self) -> DiffAugment:
+        """The augmentation chain these parameters describe."""
+        return DiffAugment(**{f.name: getattr(self, f.name) for f in fields(AugmentParams)})
+
+
+@dataclass
+class DiffAugment(AugmentParams):
+    """The DiffAugment chain with the notebook's ranges; call it on a batch: ``aug(x, generator)``.
+
+    ``policy`` is a comma-separated subset of ``color,translation,resize,cutout``, applied in that order
+    within the string. Each image gets its own parameters, except the resize ratio when
+    ``resize_per_image`` is False (the notebook draws one ratio per batch).
+    """
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.names() if p not in POLICIES]

@@ -39,7 +39,7 @@ INITS = ("auto", "noise", "gray", "dark")
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(A.AugmentParams):
     """Every knob of the notebook, with its values as defaults (``patch_fraction`` = its 128 of 224 px)."""
 
     steps: int = 100
@@ -55,15 +55,7 @@ class GenerateConfig:
     rejection: float = 0.0  # zero the patch losses below this quantile (0 = off, as the notebook's default)
     threshold: float = 0.95  # dynamic-thresholding percentile; 0 = plain clamp to [0, 1]
     normalize: bool = True  # CLIP mean/std normalization of the views
-    # DiffAugment (see clipag.augment.DiffAugment)
-    policy: str = "color,translation,resize,cutout"
-    brightness: float = 0.5
-    saturation: tuple[float, float] = (0.0, 2.0)
-    contrast: tuple[float, float] = (0.5, 1.5)
-    translation: float = 0.125
-    resize: tuple[float, float] = (0.8, 1.2)
-    resize_per_image: bool = False
-    cutout: float = 0.5
+    # DiffAugment's ranges are inherited from clipag.augment.AugmentParams
     # Start image and canvas
     size: int | None = None  # canvas side; None = the model's input resolution
     init: str = "auto"  # auto (the prior if there is one, else noise) | noise | gray | dark | an image file
@@ -72,11 +64,6 @@ class GenerateConfig:
     frame_every: int = 10  # keep a frame every this many steps (0 = none)
     amp: str = "auto"  # autocast: auto (CUDA bf16/fp16, CPU off) | bf16 | fp16 | off
     fast: bool = True  # clipag.speed's encoder fast paths (same maths); weights are frozen either way
-
-    def augmenter(self) -> A.DiffAugment:
-        return A.DiffAugment(policy=self.policy, brightness=self.brightness, saturation=tuple(self.saturation),
-                             contrast=tuple(self.contrast), translation=self.translation,
-                             resize=tuple(self.resize), resize_per_image=self.resize_per_image, cutout=self.cutout)
 
     def validate(self) -> None:
         if self.steps < 0 or self.global_views < 0 or self.patch_views < 0:
