@@ -171,6 +171,9 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLik
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; weights are meant to be shared like any file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -39,11 +39,11 @@ from .model import build_model, load_weights
 from .registry import ModelEntry, get_entry, not_found_error
 
 __all__ = ["ResolvedWeights", "resolve", "fetch_entry", "load_entry", "install_in_hub_cache", "import_checkpoint",
-           "entry_dir", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "entry_dir", "CONFIG_NAME", "WEIGHTS_NAME", "CONFIG_METADATA_KEY"]
 
 _HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                      "open_clip_pytorch_model.bin")
-_CONFIG_META_KEY = "clipag_model_cfg"
+CONFIG_METADATA_KEY = "clipag_model_cfg"  # safetensors metadata: the model config, so a file is self-describing
 
 
 @dataclass
@@ -121,7 +121,7 @@ def import_checkpoint(entry: ModelEntry, file: str | os.PathLike, download_root:
     model = build_model(config, initialize=False)
     load_weights(model, checkpoint.state_dict, str(file))  # proves keys and shapes fit before caching
     save_safetensors(model.state_dict(), folder / WEIGHTS_NAME,
-                     metadata={_CONFIG_META_KEY: config, "clipag_entry": entry.name, "source_sha256": sha})
+                     metadata={CONFIG_METADATA_KEY: config, "clipag_entry": entry.name, "source_sha256": sha})
     write_json_atomic(folder / CONFIG_NAME, {"model_cfg": config, "preprocess_cfg": entry.preprocess})
     write_json_atomic(folder / "source.json", {
         "name": entry.name, "url": entry.source, "size": file.stat().st_size, "sha256": sha,
@@ -218,8 +218,8 @@ def _read_local_file(path: Path, download_root: str | os.PathLike | None) -> Che
 def _config_for_file(path: Path, metadata: dict[str, str], fmt: str, state_dict: dict[str, torch.Tensor],
                      quick_gelu: bool | None) -> tuple[dict[str, Any], dict[str, Any]]:
     sidecar = read_json(path.parent / CONFIG_NAME) if path.suffix == ".safetensors" else {}
-    if _CONFIG_META_KEY in metadata:
-        config, preprocess = json.loads(metadata[_CONFIG_META_KEY]), {}
+    if CONFIG_METADATA_KEY in metadata:
+        config, preprocess = json.loads(metadata[CONFIG_METADATA_KEY]), {}
     elif "model_cfg" in sidecar:
         config, preprocess = sidecar["model_cfg"], sidecar.get("preprocess_cfg", {})
     else:
@@ -245,7 +245,7 @@ def resolve(name: str, download_root: str | os.PathLike | None = None,
         return ResolvedWeights(model_cfg, state_dict, source, config.get("preprocess_cfg", entry.preprocess))
     if entry is not None:
         checkpoint = load_entry(entry, download_root)
-        return ResolvedWeights(json.loads(checkpoint.metadata[_CONFIG_META_KEY]), checkpoint.state_dict,
+        return ResolvedWeights(json.loads(checkpoint.metadata[CONFIG_METADATA_KEY]), checkpoint.state_dict,
                                entry.name, entry.preprocess)
     if name.startswith("hf-hub:"):
         config, state_dict, source = _read_hub_weights(name.removeprefix("hf-hub:"), None, download_root)

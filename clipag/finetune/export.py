@@ -16,7 +16,7 @@ import torch
 
 from ..checkpoints import save_safetensors
 from ..hub import write_json_atomic
-from ..weights import CONFIG_NAME, WEIGHTS_NAME, install_in_hub_cache
+from ..weights import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, install_in_hub_cache
 
 __all__ = ["export_model", "push_to_hub", "install_in_hub_cache"]
 
@@ -49,10 +49,7 @@ def export_model(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_c
     """Write the Hub-layout folder (atomically per file) and return it."""
     folder = Path(folder)
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    save_safetensors(state, folder / WEIGHTS_NAME, metadata={"clipag_model_cfg": model_cfg, "format": "pt"})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder / WEIGHTS_NAME, 0o666 & ~umask)  # safetensors writes 0600; an export is meant to be shared
+    save_safetensors(state, folder / WEIGHTS_NAME, metadata={CONFIG_METADATA_KEY: model_cfg, "format": "pt"})
     write_json_atomic(folder / CONFIG_NAME, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
     if info is not None:
         fields = {"title": folder.name, "load_name": str(folder), "pretrained": "none", "objective": "contrastive",
