@@ -54,6 +54,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            ("init", args.init), ("amp", args.amp), ("lr", args.lr)):
             if value is not None:
                 knobs[key] = value
+        if args.compile:
+            knobs["compile"] = True
         config = dataclasses.replace(GenerateConfig(), steps=args.steps, **knobs)
         if any(not p.strip() for p in args.prompts):
             raise ValueError("a prompt is empty: describe the image to generate, e.g. \"a red apple on a table\"")
@@ -115,6 +117,8 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 0.0175)")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=None,
                    help="autocast (default auto: bf16/fp16 on CUDA, off on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoder (CUDA graphs on GPU): "
+                                                          "slower first image, faster steps after it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any GenerateConfig field, repeatable")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)

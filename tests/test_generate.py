@@ -172,3 +172,24 @@ def test_a_long_prompt_is_cut_with_a_warning(model):
     with pytest.warns(UserWarning, match="longer than 77 tokens"):
         r = generate_result("a very long prompt " * 30, model=model, steps=1, **FAST)
     assert r.steps_done == 1
+
+
+def test_compile_traces_the_encoder_and_keeps_the_maths(model, monkeypatch):
+    """``compile=True`` routes the encoder through torch.compile. The test swaps inductor (a C++ build per
+    graph) for the aot_eager backend: the same Dynamo + AOTAutograd tracing of forward and backward, in seconds."""
+    import clipag.generation as G
+
+    compiled = []
+
+    def traced(encode, device):
+        compiled.append(device)
+        return G.torch.compile(encode, dynamic=False, backend="aot_eager")
+
+    monkeypatch.setattr(G, "_compiled", traced)
+    torch._dynamo.reset()
+    eager = generate_result("a red apple", model=model, steps=3, seed=2, **FAST)
+    fast = generate_result("a red apple", model=model, steps=3, seed=2, compile=True, **FAST)
+    assert compiled == [torch.device("cpu")]
+    assert torch.allclose(fast.tensor, eager.tensor, atol=1e-4)
+    assert all(abs(a["loss"] - b["loss"]) < 1e-4 for a, b in zip(fast.losses, eager.losses, strict=True))
+    assert all(p.requires_grad for p in model.parameters())
