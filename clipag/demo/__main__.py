@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from .pipeline import QUICK, DemoConfig, run_demo
 from .report import format_table
@@ -15,8 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the reduced version the test suite runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else DemoConfig()
-    cfg.seed = args.seed
+    cfg = replace(QUICK if args.quick else DemoConfig(), seed=args.seed)
     results = run_demo(args.out, cfg, log=lambda message: print(message, file=sys.stderr))
     print(format_table(results))
     print(f"\nresults: {args.out}/results.json   grid: {args.out}/grid.png")
