@@ -151,13 +151,11 @@ def _resolve_model(model: Any, device: str | torch.device | None) -> tuple[torch
     return model, model_device
 
 
-def _compiled(encode: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-              **options: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def _compiled(encode: Callable[[torch.Tensor], torch.Tensor],
+              device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """The encoder under ``torch.compile``. On CUDA, mode ``reduce-overhead`` replays each step's forward and
     backward as CUDA graphs: a 64-view ViT-B/32 step is hundreds of small kernels, bound by their launches."""
-    if not options:
-        options = {"mode": "reduce-overhead"} if device.type == "cuda" else {}
-    return torch.compile(encode, dynamic=False, **options)
+    return torch.compile(encode, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
 def _resolve_prior(prior: Prior | str | os.PathLike | None) -> Prior | None:
