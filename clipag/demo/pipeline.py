@@ -188,17 +188,18 @@ def _run(out: Path, cfg: DemoConfig, log: Callable[[str], Any]) -> dict[str, Any
     held_out, held_out_labels = render_pool(480, size, cfg.seed * 1000 + 5)
     labels = generated["vanilla"]["labels"]
     noise = nuisance_images(len(labels), size, torch.Generator().manual_seed(cfg.seed))
+    starts = _judged(judge, generated["vanilla"]["starts"], labels)
     results["judge"] = {
         "real_images": _judged(judge, held_out, held_out_labels)["accuracy"],
         "blank_gray": _judged(judge, torch.full((len(labels), 3, size, size), 0.5), labels)["accuracy"],
         "blank_black": _judged(judge, torch.full((len(labels), 3, size, size), 15 / 255), labels)["accuracy"],
-        "start_images": _judged(judge, generated["vanilla"]["starts"], labels)["accuracy"],
-        "start_images_forced_choice": _judged(judge, generated["vanilla"]["starts"], labels)["forced_choice"],
+        "start_images": starts["accuracy"],
+        "start_images_forced_choice": starts["forced_choice"],
         "noise": _judged(judge, noise, labels)["accuracy"]}
     for name, gen in generated.items():
         results["models"][name]["generate_then_classify"] = _judged(judge, gen["images"], gen["labels"])
     stage("judge")
-    torch.save({name: {k: v for k, v in gen.items()} for name, gen in generated.items()}, out / "generations.pt")
+    torch.save(generated, out / "generations.pt")
     results["timings_s"] = {**timings, "total": round(sum(timings.values()), 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     save_grid(out / "grid.png", {name: (gen["images"], gen["labels"]) for name, gen in generated.items()})
