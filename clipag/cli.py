@@ -36,12 +36,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .weights import entry_dir, load_entry, resolve
+    from .weights import load_entry, resolve
 
     entry = registry.get_entry(args.name)
     if entry is not None and not entry.hf_repo:
         load_entry(entry, args.download_root)
-        print(entry_dir(entry, args.download_root))
+        print(model_dir(entry.name, args.download_root))
     else:
         resolved = resolve(args.name, args.download_root)
         print(f"{resolved.source}: {sum(t.numel() for t in resolved.state_dict.values()):,} parameters cached")

@@ -39,9 +39,9 @@ from .model import build_model, load_weights
 from .registry import ModelEntry, get_entry, not_found_error
 
 __all__ = ["ResolvedWeights", "resolve", "fetch_entry", "load_entry", "install_in_hub_cache", "import_checkpoint",
-           "entry_dir", "CONFIG_NAME", "WEIGHTS_NAME", "CONFIG_METADATA_KEY"]
+           "CONFIG_NAME", "WEIGHTS_NAME", "CONFIG_METADATA_KEY"]
 
-_HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+_HUB_WEIGHT_NAMES = (WEIGHTS_NAME, "open_clip_pytorch_model.safetensors",
                      "open_clip_pytorch_model.bin")
 CONFIG_METADATA_KEY = "clipag_model_cfg"  # safetensors metadata: the model config, so a file is self-describing
 
@@ -52,10 +52,6 @@ class ResolvedWeights:
     state_dict: dict[str, torch.Tensor]
     source: str
     preprocess: dict[str, Any] = field(default_factory=dict)
-
-
-def entry_dir(entry: ModelEntry, download_root: str | os.PathLike | None = None) -> Path:
-    return model_dir(entry.name, download_root)
 
 
 def _how_to_get(entry: ModelEntry, target: Path) -> str:
@@ -69,7 +65,7 @@ def fetch_entry(entry: ModelEntry, download_root: str | os.PathLike | None = Non
 
     An entry already in the cache is returned as is; :func:`load_entry` checks its integrity.
     """
-    folder = entry_dir(entry, download_root)
+    folder = model_dir(entry.name, download_root)
     if (folder / WEIGHTS_NAME).exists():
         return folder
     if is_offline():
@@ -88,7 +84,7 @@ def fetch_entry(entry: ModelEntry, download_root: str | os.PathLike | None = Non
 
 def load_entry(entry: ModelEntry, download_root: str | os.PathLike | None = None) -> Checkpoint:
     """Read a URL-sourced entry from the cache, fetching it first; a corrupt cache file is fetched again."""
-    folder = entry_dir(entry, download_root)
+    folder = model_dir(entry.name, download_root)
     weights = folder / WEIGHTS_NAME
     for attempt in range(2):
         fetch_entry(entry, download_root)
@@ -107,7 +103,7 @@ def import_checkpoint(entry: ModelEntry, file: str | os.PathLike, download_root:
                       known_sha256: str | None = None) -> Path:
     """Verify ``file`` against the entry, check it fits the architecture, and cache it as safetensors."""
     file = Path(file)
-    folder = entry_dir(entry, download_root)
+    folder = model_dir(entry.name, download_root)
     if entry.size is not None and file.stat().st_size != entry.size:
         raise CheckpointError(f"{file}: {file.stat().st_size} bytes, but {entry.name} ({entry.source}) is "
                               f"{entry.size} bytes: truncated or a different file")

@@ -78,7 +78,8 @@ def test_adversarial_finetuning_lowers_attack_success(pretrained, tmp_path):
 
 
 def test_export_loads_through_clipag_load_and_the_hub_cache(pretrained, monkeypatch):
-    from clipag.finetune.export import install_in_hub_cache, push_to_hub
+    from clipag.finetune.export import push_to_hub
+    from clipag.weights import install_in_hub_cache
 
     folder = pretrained.export_dir
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "open_clip_config.json",

@@ -16,9 +16,9 @@ import torch
 
 from ..checkpoints import save_safetensors
 from ..hub import write_json_atomic
-from ..weights import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, install_in_hub_cache
+from ..weights import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
 
-__all__ = ["export_model", "push_to_hub", "install_in_hub_cache"]
+__all__ = ["export_model", "push_to_hub"]
 
 _CARD = """---
 library_name: open_clip
