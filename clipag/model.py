@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-__all__ = ["CLIP", "CustomTextCLIP", "build_model", "load_weights", "make_preprocess", "WeightsMismatchError"]
+__all__ = ["CLIP", "CustomTextCLIP", "build_model", "load_weights", "make_preprocess", "normalization_of",
+           "WeightsMismatchError"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -142,3 +143,17 @@ def make_preprocess(image_size: int, preprocess_cfg: dict[str, Any] | None = Non
     cfg = {**(preprocess_cfg or {}), "size": image_size}
     known = PreprocessCfg.__dataclass_fields__
     return image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in known}), is_train=False)
+
+
+def normalization_of(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of the ``Normalize`` inside a ``clip.load`` preprocess transform.
+
+    Pixel-space optimizers (generation, the adapters) normalise their own views; reading the constants
+    from the model's preprocess keeps them right for models that are not normalised like OpenAI's.
+    """
+    from torchvision.transforms import Normalize
+
+    for transform in getattr(preprocess, "transforms", [preprocess]):
+        if isinstance(transform, Normalize):
+            return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
+    raise ValueError(f"no Normalize transform in {preprocess!r}")

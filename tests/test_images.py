@@ -25,3 +25,12 @@ def test_labelled_grid_rejects_ragged_rows():
         labelled_grid([[image, image], [image]])
     with pytest.raises(ValueError, match="groups of 2"):
         labelled_grid([[image, image, image]], group_size=2)
+
+
+def test_normalization_of_reads_the_models_preprocess():
+    from clipag.model import make_preprocess, normalization_of
+
+    assert normalization_of(make_preprocess(32, {"mean": (0.5,) * 3, "std": (0.25,) * 3})) == ((0.5,) * 3, (0.25,) * 3)
+    assert normalization_of(make_preprocess(32))[0] == (0.48145466, 0.4578275, 0.40821073)
+    with pytest.raises(ValueError, match="no Normalize"):
+        normalization_of(lambda image: image)
