@@ -44,12 +44,13 @@ def _state_dict_of(obj: dict, path: Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def read_model_tensors(path: str | os.PathLike, wanted: set[str],
-                       download_root: str | os.PathLike | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+def read_model_tensors(path: str | os.PathLike, wanted: set[str], download_root: str | os.PathLike | None = None,
+                       cache_to: Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors of ``path`` named in ``wanted`` (as many as it has), and what was left out.
 
     ``.safetensors`` files are read directly. Pickled checkpoints are unpickled inertly once and their wanted
     tensors cached as safetensors (keyed by path, size, mtime and the wanted names); later calls read the cache.
+    ``cache_to`` converts to that file instead (the registry's cache folder), always reading the pickle.
     """
     path = Path(path)
     if not path.is_file():
@@ -59,8 +60,8 @@ def read_model_tensors(path: str | os.PathLike, wanted: set[str],
         ignored = sorted(set(state_dict) - wanted)
         return {k: v for k, v in state_dict.items() if k in wanted}, {"ignored": ignored, "inert": []}
     tag = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16]
-    cached = converted_path(path, download_root, tag=f":vqgan:{tag}")
-    if cached.exists():
+    cached = cache_to or converted_path(path, download_root, tag=f":vqgan:{tag}")
+    if cache_to is None and cached.exists():
         try:
             checkpoint = read_checkpoint(cached)
             return checkpoint.state_dict, json.loads(checkpoint.metadata["clipag_report"])
