@@ -146,6 +146,10 @@ class VQGANCLIP:
                  settings: VQGANCLIPConfig | None = None) -> None:
         from clipag.model import normalization_of
 
+        from .registry import VQGANS, unknown_vqgan_error
+
+        if isinstance(vqgan, str) and config is None and checkpoint is None and vqgan not in VQGANS:
+            raise unknown_vqgan_error(vqgan)  # before the CLIP loads
         self.settings = settings or VQGANCLIPConfig()
         self.settings.validate()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -270,18 +274,22 @@ class Session:
         self.frames: list[Image.Image] = []
         self._t0 = time.perf_counter()
 
-    def loss_terms(self, n: int) -> list[torch.Tensor]:
-        """The step's loss terms on the current latent (VQGAN-CLIP's ``ascend_txt``)."""
+    def loss_terms(self, n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The step's loss terms on the current latent (VQGAN-CLIP's ``ascend_txt``), and its image."""
         gen, cfg = self.gen, self.gen.settings
-        features = gen.encode_views(gen.cutouts(gen.synth(self.z)))
+        image = gen.synth(self.z)
+        features = gen.encode_views(gen.cutouts(image))
         terms = [self.z.pow(2).mean() * (cfg.init_weight / (2 * n + 1)) / 2] if cfg.init_weight else []
-        return terms + [target(features) for target in self.targets]
+        return terms + [target(features) for target in self.targets], image
 
     def step(self) -> VQStep:
-        n = len(self.losses)
+        """One update of the latent; the losses (and a GIF frame) are of the image before it."""
+        n, every = len(self.losses), self.gen.settings.frame_every
         with self._rng.active(), self.gen._mode():
             self.optimizer.zero_grad(set_to_none=True)
-            terms = self.loss_terms(n)
+            terms, image = self.loss_terms(n)
+            if every and n % every == 0:
+                self.frames.append(to_pil(image.detach()))
             loss = sum(terms)
             loss.backward()
             self.optimizer.step()
@@ -289,9 +297,6 @@ class Session:
                 self.z.copy_(self.z.maximum(self.gen.z_min).minimum(self.gen.z_max))
         values = torch.stack([t.detach() for t in terms]).tolist()
         self.losses.append(math.fsum(values))
-        every = self.gen.settings.frame_every
-        if every and (n % every == 0 or n == self.gen.settings.steps - 1):
-            self.frames.append(self.image())
         return VQStep(n, self.losses[-1], values)
 
     def image(self) -> Image.Image:
