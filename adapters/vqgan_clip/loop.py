@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +252,13 @@ class Session:
         self.targets: list[Prompt] = []
         with torch.no_grad():
             for text, weight, stop in self.prompts:
-                embed = gen.perceptor.encode_text(tokenize(text, truncate=True).to(device)).float()
+                try:
+                    tokens = tokenize(text)
+                except RuntimeError:
+                    warnings.warn(f"prompt {text[:40]!r}... is longer than CLIP's context; the end is cut off",
+                                  stacklevel=3)
+                    tokens = tokenize(text, truncate=True)
+                embed = gen.perceptor.encode_text(tokens.to(device)).float()
                 self.targets.append(Prompt(embed, weight, stop).to(device))
         self._rng = _RNG(seed, device)
         with self._rng.active(), torch.no_grad(), gen._mode():
