@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", action="append", default=None)
     parser.add_argument("--out", default="runs/vqgan_pag")
     parser.add_argument("--vqgan-steps", type=int, default=600)
+    parser.add_argument("--retrain", action="store_true", help="train the VQGAN again even if --out has one")
     parser.add_argument("--steps", type=int, default=100, help="VQGAN+CLIP steps per image")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--classes", type=int, default=len(CLASSES), help="use the first N of the 12 classes")
@@ -81,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     models = args.model or [str(Path(args.demo) / name / "export") for name in ("vanilla", "robust")]
     labels = args.label or (["vanilla", "robust"] if args.model is None else models)
     t0 = time.perf_counter()
-    config, weights, mse = train_vqgan(out, args.vqgan_steps)
-    print(f"VQGAN trained in {time.perf_counter() - t0:.0f} s, held-out reconstruction MSE {mse:.4f}", flush=True)
+    if (out / "vqgan.json").is_file() and not args.retrain:  # the VQGAN of an earlier run of this script
+        config, weights, mse = out / "vqgan.yaml", out / "vqgan.safetensors", json.loads(
+            (out / "vqgan.json").read_text())["reconstruction_mse"]
+    else:
+        config, weights, mse = train_vqgan(out, args.vqgan_steps)
+        (out / "vqgan.json").write_text(json.dumps({"reconstruction_mse": mse, "steps": args.vqgan_steps}))
+    print(f"VQGAN ready after {time.perf_counter() - t0:.0f} s, held-out reconstruction MSE {mse:.4f}", flush=True)
     classes = CLASSES[: args.classes]
     prompts = [class_prompt(cls) for cls in classes]
     labels_t = torch.tensor([i for i in range(len(classes)) for _ in args.seeds])

@@ -117,6 +117,38 @@ def test_cutouts_match_vqgan_clips_per_cutout_loop():
         Cutouts(32, augments=("Xx",))
 
 
+def test_closed_form_hue_is_kornias_adjust_hue():
+    from kornia.enhance import adjust_hue as kornia_hue
+
+    from clipag.augment import adjust_hue
+
+    x = torch.rand(6, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    x[0] = x[0, :1]  # grey: no hue
+    x[1] = 0.0  # black
+    x[2, 0], x[2, 1:] = 1.0, 0.0  # pure red, at the wrap-around of the hue circle
+    radians = torch.linspace(-math.pi, math.pi, 6)
+    weights = torch.rand(6, 3, 20, 20)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref, ours = kornia_hue(a, radians), adjust_hue(b, radians)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    (ref * weights).sum().backward()
+    (ours * weights).sum().backward()
+    torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_cutouts_use_the_closed_form_hue_and_draw_the_same():
+    from clipag.augment import adjust_hue
+
+    fast, exact = Cutouts(32, cutn=5, augments=("Ji", "Af")), Cutouts(32, cutn=5, augments=("Ji", "Af"), fast_hue=False)
+    assert fast.augs[0]._hue_fn is adjust_hue and exact.augs[0]._hue_fn is not adjust_hue
+    image = torch.rand(1, 3, 24, 24)
+    torch.manual_seed(1)
+    a = fast(image)
+    torch.manual_seed(1)
+    b = exact(image)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 def test_cutouts_carry_gradients_to_the_image():
     image = torch.rand(1, 3, 24, 24, requires_grad=True)
     Cutouts(32, cutn=3)(image).sum().backward()

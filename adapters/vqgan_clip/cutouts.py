@@ -54,16 +54,36 @@ def make_augment(code: str, cut_size: int) -> nn.Module:
     return AUGMENTS[code][1](_kornia(), cut_size)
 
 
+def _use_closed_form_hue(augs: nn.Module) -> int:
+    """Point kornia ColorJitters' hue step at :func:`clipag.augment.adjust_hue` (the same function, cheaper).
+
+    kornia keeps the step as the ``_hue_fn`` attribute (its own ``compile()`` swaps it the same way); parameter
+    sampling and the order of the colour steps stay kornia's. Returns how many were switched.
+    """
+    from kornia.enhance import adjust_hue as kornia_adjust_hue
+
+    from clipag.augment import adjust_hue
+
+    switched = 0
+    for module in augs.modules():
+        if getattr(module, "_hue_fn", None) is kornia_adjust_hue:
+            module._hue_fn = adjust_hue
+            switched += 1
+    return switched
+
+
 class Cutouts(nn.Module):
     """``(1, 3, H, W)`` image in [0, 1] → ``(cutn, 3, cut_size, cut_size)`` augmented, noisy views."""
 
     def __init__(self, cut_size: int, cutn: int = 32, augments: Sequence[str] = DEFAULT_AUGMENTS,
-                 noise_fac: float = 0.1) -> None:
+                 noise_fac: float = 0.1, fast_hue: bool = True) -> None:
         super().__init__()
         if cutn < 1:
             raise ValueError(f"cutn must be at least 1, got {cutn}")
         self.cut_size, self.cutn, self.noise_fac = cut_size, cutn, noise_fac
         self.augs = nn.Sequential(*(make_augment(code, cut_size) for code in augments))
+        if fast_hue:
+            _use_closed_form_hue(self.augs)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         size = (self.cut_size, self.cut_size)

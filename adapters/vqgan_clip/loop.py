@@ -52,7 +52,7 @@ class VQGANCLIPConfig:
     init_weight: float = 0.0  # VQGAN-CLIP's decaying pull of z towards zero: w · mse(z, 0) / (2(2i+1))
     image_prompts: tuple[str, ...] = ()  # "path:weight:stop"
     frame_every: int = 0  # keep a frame every N steps (0: none)
-    fast: bool = True  # clipag.speed's exact CLIP fast paths
+    fast: bool = True  # clipag.speed's exact CLIP fast paths and the closed-form hue (same maths, ~1e-6)
     amp: str = "auto"  # CLIP under autocast: auto (bf16/fp16 on CUDA, off elsewhere), bf16, fp16, off
 
     def validate(self) -> None:
@@ -171,7 +171,8 @@ class VQGANCLIP:
         self.codebook, self.codebook_sq = codebook, codebook.pow(2).sum(1)
         self.z_min = codebook.min(dim=0).values[None, :, None, None]
         self.z_max = codebook.max(dim=0).values[None, :, None, None]
-        self.cutouts = Cutouts(self.cut_size, self.settings.cutn, self.settings.augments, self.settings.noise_fac)
+        self.cutouts = Cutouts(self.cut_size, self.settings.cutn, self.settings.augments, self.settings.noise_fac,
+                               fast_hue=self.settings.fast)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         amp, dev = self.settings.amp, self.device.type
@@ -251,13 +252,14 @@ class Session:
         self.label = " | ".join(text for text, _, _ in self.prompts) or "image prompts"
         self.targets: list[Prompt] = []
         with torch.no_grad():
+            context = int(getattr(gen.perceptor, "context_length", 77) or 77)
             for text, weight, stop in self.prompts:
                 try:
-                    tokens = tokenize(text)
+                    tokens = tokenize(text, context_length=context)
                 except RuntimeError:
-                    warnings.warn(f"prompt {text[:40]!r}... is longer than CLIP's context; the end is cut off",
-                                  stacklevel=3)
-                    tokens = tokenize(text, truncate=True)
+                    warnings.warn(f"prompt {text[:40]!r}... is longer than CLIP's {context} tokens; the end is cut "
+                                  "off", stacklevel=3)
+                    tokens = tokenize(text, context_length=context, truncate=True)
                 embed = gen.perceptor.encode_text(tokens.to(device)).float()
                 self.targets.append(Prompt(embed, weight, stop).to(device))
         self._rng = _RNG(seed, device)
