@@ -7,10 +7,11 @@ Upstream code is not shipped; pass its script:
 
 Both sides use the same VQGAN (the ``vqgan_imagenet_f16_16384`` architecture with random weights, written as a
 taming yaml + Lightning checkpoint), the same CLIP (random ViT-B/32 weights), image size, 32 cutouts and
-augmentations, init image and seed, in this process, alternating rounds so load drift hits both. A step is the
-time between two optimizer steps (a global step hook), so both are timed the same way; upstream's first and
-last steps (they save a PNG) are left out. Also printed: the largest pixel difference between upstream's image
-and clipag's exact mode (``fast=False``) after the same steps.
+augmentations, init image and seed, in this process. clipag's steps run inside upstream's loop, one after each
+of its optimizer steps (a global post-step hook), so the two alternate step by step and load drift on a shared
+machine hits both. An upstream step is the time between two of its optimizer steps less clipag's steps in
+between; its first and last steps (they save a PNG) are left out. Also printed: the largest pixel difference
+between upstream's image and clipag's exact mode (``fast=False``) after the same steps.
 """
 
 from __future__ import annotations
@@ -53,23 +54,46 @@ def make_models(folder: Path) -> tuple[Path, Path, Path]:
     return clip_path, config, ckpt
 
 
-class StepClock:
-    """Timestamps of every optimizer step in the process (``torch.optim`` global post-step hook)."""
+class Interleaver:
+    """Runs one step of each clipag session right after each optimizer step of upstream's loop.
 
-    def __init__(self) -> None:
-        self.times: list[float] = []
+    A global optimizer post-step hook sees upstream's ``opt.step()``; clipag's own steps inside it are skipped by
+    the hook (``inside``). So the two alternate step by step, and load drift on a shared machine hits both.
+    """
+
+    def __init__(self, sessions: dict, steps: int) -> None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        self.handle = register_optimizer_step_post_hook(lambda *_: self.times.append(time.perf_counter()))
+        self.sessions, self.steps = sessions, steps
+        self.upstream: list[float] = []
+        self.ours: dict[str, list[float]] = {name: [] for name in sessions}
+        self.calls, self.inside, self.last = 0, False, None
+        self.handle = register_optimizer_step_post_hook(self.hook)
 
-    def intervals(self) -> list[float]:
-        return [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
+    def hook(self, *_: object) -> None:
+        if self.inside:
+            return
+        now = time.perf_counter()
+        if self.last is not None:
+            self.upstream.append(now - self.last)
+        if self.calls < self.steps:  # upstream runs steps + 1 updates; its image is of the first `steps`
+            self.inside = True
+            with torch.enable_grad():
+                for name, session in self.sessions.items():
+                    t0 = time.perf_counter()
+                    session.step()
+                    self.ours[name].append(time.perf_counter() - t0)
+            self.inside = False
+        self.calls += 1
+        self.last = time.perf_counter()
 
 
-def run_upstream(script: Path, clip: Path, config: Path, ckpt: Path, init: Path, out: Path, args) -> list[float]:
+def run_round(script: Path, sessions: dict, clip: Path, config: Path, ckpt: Path, init: Path, out: Path,
+              args: argparse.Namespace) -> Interleaver:
+    """One upstream run (steps + 1 updates), with clipag's sessions stepping in between."""
     from clipag.run import run_script
 
-    clock = StepClock()
+    clock = Interleaver(sessions, args.steps)
     argv = ["-p", args.prompt, "-conf", str(config), "-ckpt", str(ckpt), "-i", str(args.steps), "-se",
             str(args.steps), "-s", str(args.size[0]), str(args.size[1]), "-cuts", str(args.cutn), "-ii", str(init),
             "-sd", str(args.seed), "-o", str(out)]
@@ -80,17 +104,9 @@ def run_upstream(script: Path, clip: Path, config: Path, ckpt: Path, init: Path,
     finally:
         sys.argv, sys.path[:] = saved
         clock.handle.remove()
-    # steps 1 .. steps-1: step 0 and the last one also decode and save a PNG (upstream's checkin)
-    return clock.intervals()[:-1]
-
-
-def run_clipag(gen, args) -> tuple[list[float], Image.Image]:
-    clock = StepClock()
-    try:
-        result = gen.run(args.prompt, seed=args.seed)
-    finally:
-        clock.handle.remove()
-    return clock.intervals(), result.image
+    # upstream's last interval also decodes and saves its PNG (its checkin): left out
+    clock.upstream = clock.upstream[:-1]
+    return clock
 
 
 def main() -> None:
@@ -116,20 +132,21 @@ def main() -> None:
         init = folder / "init.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (*args.size[::-1], 3), dtype=np.uint8)).save(init)
         common = dict(steps=args.steps, size=tuple(args.size), cutn=args.cutn, init_image=str(init))
-        ours = {name: VQGANCLIP(str(clip), config=config, checkpoint=ckpt, device="cpu",
+        gens = {name: VQGANCLIP(str(clip), config=config, checkpoint=ckpt, device="cpu",
                                 settings=VQGANCLIPConfig(**common, fast=fast))
                 for name, fast in (("clipag", True), ("clipag exact (fast=False)", False))}
-        times: dict[str, list[float]] = {"upstream generate.py": [], **{name: [] for name in ours}}
+        times: dict[str, list[float]] = {"upstream generate.py": [], **{name: [] for name in gens}}
         diffs = []
         for r in range(args.rounds):
             out = folder / f"upstream-{r}.png"
-            times["upstream generate.py"] += run_upstream(args.upstream, clip, config, ckpt, init, out, args)
-            for name, gen in ours.items():
-                steps, image = run_clipag(gen, args)
-                times[name] += steps
-                if name.startswith("clipag exact"):
-                    theirs = np.asarray(Image.open(out), dtype=int)
-                    diffs.append(int(np.abs(np.asarray(image, dtype=int) - theirs).max()))
+            sessions = {name: gen.session(args.prompt, seed=args.seed) for name, gen in gens.items()}
+            clock = run_round(args.upstream, sessions, clip, config, ckpt, init, out, args)
+            times["upstream generate.py"] += clock.upstream
+            for name in gens:
+                times[name] += clock.ours[name]
+            theirs = np.asarray(Image.open(out), dtype=int)
+            ours = np.asarray(sessions["clipag exact (fast=False)"].image(), dtype=int)
+            diffs.append(int(np.abs(ours - theirs).max()))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in
                                                                 times.items()), flush=True)
     base = statistics.median(times["upstream generate.py"])

@@ -35,7 +35,7 @@ VQGAN_PARAMS = {"embed_dim": 16, "n_embed": 128, "lossconfig": None,
                              "dropout": 0.0}}
 
 
-def train_vqgan(out: Path, steps: int, batch: int = 32, seed: int = 0) -> tuple[Path, Path, float]:
+def train_vqgan(out: Path, steps: int, batch: int = 16, seed: int = 0) -> tuple[Path, Path, float]:
     """A small VQGAN on rendered shapes (reconstruction + taming's codebook loss); returns yaml, weights, val MSE."""
     torch.manual_seed(seed)
     images, _ = render_pool(4000, 32, seed + 500)
@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", default=None, help="instead of --demo: CLIPs to compare")
     parser.add_argument("--label", action="append", default=None)
     parser.add_argument("--out", default="runs/vqgan_pag")
-    parser.add_argument("--vqgan-steps", type=int, default=600)
+    parser.add_argument("--vqgan-steps", type=int, default=300)
     parser.add_argument("--retrain", action="store_true", help="train the VQGAN again even if --out has one")
     parser.add_argument("--steps", type=int, default=100, help="VQGAN+CLIP steps per image")
+    parser.add_argument("--cutn", type=int, default=32, help="cutouts per step")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--classes", type=int, default=len(CLASSES), help="use the first N of the 12 classes")
     parser.add_argument("--judge-steps", type=int, default=400)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [class_prompt(cls) for cls in classes]
     labels_t = torch.tensor([i for i in range(len(classes)) for _ in args.seeds])
     judge = train_judge(steps=args.judge_steps)
-    settings = VQGANCLIPConfig(steps=args.steps, size=(32, 32))
+    settings = VQGANCLIPConfig(steps=args.steps, size=(32, 32), cutn=args.cutn)
     cells: list[list] = [[] for _ in prompts]
     results: dict[str, dict] = {}
     for model, label in zip(models, labels, strict=True):
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                          label_width=150)
     save_png(grid, out / "grid.png")
     summary = {"vqgan_reconstruction_mse": mse, "chance": 1 / len(classes), "images_per_model": len(labels_t),
-               "settings": {"steps": args.steps, "seeds": args.seeds, "vqgan_steps": args.vqgan_steps},
+               "settings": {"steps": args.steps, "seeds": args.seeds, "cutn": args.cutn,
+                            "vqgan_steps": args.vqgan_steps},
                "models": results, "seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(out / "results.json")
