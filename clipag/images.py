@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["to_pil", "save_png", "save_gif", "make_grid", "numbered"]
 
@@ -49,16 +49,30 @@ def save_gif(frames: Sequence[Image.Image], path: str | os.PathLike, duration_ms
     return path
 
 
-def make_grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2) -> Image.Image:
-    """Paste equally sized images into a white-padded grid, ``columns`` per row (default: near square)."""
+def make_grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2,
+              row_labels: Sequence[str] | None = None) -> Image.Image:
+    """Paste equally sized images into a white-padded grid, ``columns`` per row (default: near square).
+
+    ``row_labels`` (one per row, e.g. the prompts) are written in a column left of the images.
+    """
     if not images:
         raise ValueError("no images for the grid")
     columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
+    font = ImageFont.load_default()
+    left = 0
+    if row_labels:
+        measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        left = 2 * pad + 4 + max(math.ceil(measure.textlength(label, font=font)) for label in row_labels)
     w, h = images[0].size
-    sheet = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + pad) + pad), "white")
+    sheet = Image.new("RGB", (left + columns * (w + pad) + pad, rows * (h + pad) + pad), "white")
     for i, image in enumerate(images):
-        sheet.paste(image, (pad + (i % columns) * (w + pad), pad + (i // columns) * (h + pad)))
+        sheet.paste(image, (left + pad + (i % columns) * (w + pad), pad + (i // columns) * (h + pad)))
+    draw = ImageDraw.Draw(sheet)
+    for row, label in enumerate(row_labels or []):
+        draw.text((2 * pad, pad + row * (h + pad) + h // 2), label, fill="black", font=font, anchor="lm")
     return sheet
 
 
