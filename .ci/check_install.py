@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 TREES = {"clipag": "clipag", "adapters": "clipag/adapters"}  # source folder → where the wheel installs it
-JUNK = ("__pycache__", ".pyc", ".pyo")
 
 
 def expected_files(root: Path) -> dict[str, Path]:
@@ -22,9 +21,9 @@ def expected_files(root: Path) -> dict[str, Path]:
     files = {}
     for folder, installed in TREES.items():
         for path in sorted((root / folder).rglob("*")):
-            relative = path.relative_to(root / folder).as_posix()
-            if path.is_file() and not any(part in relative for part in JUNK):
-                files[f"{installed}/{relative}"] = path
+            relative = path.relative_to(root / folder)
+            if path.is_file() and "__pycache__" not in relative.parts and path.suffix not in (".pyc", ".pyo"):
+                files[f"{installed}/{relative.as_posix()}"] = path
     return files
 
 
