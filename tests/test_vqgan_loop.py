@@ -149,6 +149,15 @@ def test_fast_cutouts_use_the_closed_form_hue_and_draw_the_same():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("code", ["Ji", "Sh", "Gn", "Pe", "Ro", "Af", "Et", "Ts", "Cr", "Er", "Re"])
+def test_every_vqgan_clip_augmentation_runs_with_gradients(code):
+    """Each of VQGAN-CLIP's -aug codes, with its settings, on today's kornia."""
+    image = torch.rand(1, 3, 40, 40, requires_grad=True)
+    out = Cutouts(32, cutn=3, augments=(code,))(image)
+    out.sum().backward()
+    assert out.shape == (3, 3, 32, 32) and image.grad.abs().sum() > 0
+
+
 def test_cutouts_carry_gradients_to_the_image():
     image = torch.rand(1, 3, 24, 24, requires_grad=True)
     Cutouts(32, cutn=3)(image).sum().backward()
