@@ -1,10 +1,13 @@
 """Read CLIP weights from any format without executing code.
 
 Formats: ``.safetensors``; a zip ``torch.save`` file holding a state dict or an open_clip training
-checkpoint (``{"state_dict": ...}``, ``module.`` prefixes); an OpenAI TorchScript archive.
+checkpoint (``{"state_dict": ...}``, ``module.`` prefixes); an OpenAI TorchScript archive; a PyTorch
+Lightning checkpoint (:func:`read_lightning_checkpoint`).
 Pickles go through ``torch.load(weights_only=True)`` only. TorchScript archives are refused by that
 loader and ``torch.jit.load`` would run their code, so we read their tensors with a tiny restricted
-unpickler instead (no maintained library does this without executing the archive).
+unpickler instead (no maintained library does this without executing the archive). Lightning
+checkpoints pickle Lightning's own classes, which ``weights_only`` refuses; they get a restricted
+unpickler that turns such classes into inert placeholders.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "Checkpoint", "read_checkpoint", "save_safetensors", "infer_openai_config"]
+__all__ = ["CheckpointError", "Checkpoint", "read_checkpoint", "read_lightning_checkpoint", "InertObject",
+           "save_safetensors", "infer_openai_config"]
 
 # Tensors OpenAI's TorchScript archives carry that are not weights (OpenAI's build_model drops them too).
 _NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -159,6 +163,91 @@ def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     walk(root, "")
     # TorchScript keeps non-persistent tensors (OpenAI's `attn_mask`) as attributes; they are not weights.
     return {k: v for k, v in state_dict.items() if not k.endswith("attn_mask")}
+
+
+class InertObject:
+    """Stands in for a class a pickle names but that we never import (Lightning callbacks, numpy scalars...).
+
+    Calling it, building it or setting its state only stores the arguments; nothing of the named class runs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<inert {type(self).__module__}.{type(self).__qualname__}>"
+
+
+# Modules whose functions run code or touch the system. A pickle naming one of them is an attack, not a
+# checkpoint: refuse it outright. (Safety does not rest on this list: no global outside torch's own
+# weights-only allow-list is ever resolved to a real object. The list turns the attack into an error.)
+_CODE_MODULES = frozenset({
+    "builtins", "__builtin__", "os", "posix", "nt", "subprocess", "sys", "importlib", "runpy", "shutil", "socket",
+    "pickle", "_pickle", "marshal", "types", "code", "codeop", "ctypes", "multiprocessing", "pty", "webbrowser",
+    "functools", "operator", "io", "tempfile", "signal", "threading", "asyncio", "inspect", "pdb", "timeit",
+    "platform", "commands", "popen2", "urllib", "http", "requests",
+})
+
+
+def _allowed_globals() -> dict[str, Any]:
+    """What ``torch.load(weights_only=True)`` itself resolves: tensor and storage rebuilders, dtypes, containers."""
+    from torch import _weights_only_unpickler
+
+    allowed = dict(_weights_only_unpickler._get_allowed_globals())
+    for obj in torch.serialization.get_safe_globals():
+        if not isinstance(obj, tuple):
+            allowed[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return allowed
+
+
+class _InertUnpickler(pickle.Unpickler):
+    """``find_class`` for torch.load: torch's weights-only globals are real, code modules are refused, and
+    every other class becomes an :class:`InertObject` subclass of the same name (recorded in ``inert``)."""
+
+    allowed: dict[str, Any] = {}
+    inert: dict[str, type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if full in self.allowed:
+            return self.allowed[full]
+        root = module.split(".")[0]
+        if root in _CODE_MODULES or module in _CODE_MODULES:
+            raise pickle.UnpicklingError(f"global '{full}' is forbidden: it could execute code")
+        if full not in self.inert:
+            self.inert[full] = type(name, (InertObject,), {"__module__": module, "__qualname__": name})
+        return self.inert[full]
+
+
+def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """Unpickle a PyTorch Lightning (or similar training) checkpoint without running any of its code.
+
+    Real Lightning 1.x checkpoints pickle the ``ModelCheckpoint`` callback class as a key of ``callbacks``, so
+    ``weights_only=True`` refuses them. Here tensors are rebuilt by torch's own (weights-only) rebuilders, every
+    other named class becomes an inert placeholder, and a pickle that names a code-running function
+    (``os.system``, ``builtins.eval``...) is refused. Returns ``(top-level dict, names of the placeholder
+    classes)``; the caller picks the tensors it needs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint (not a valid torch zip archive)")
+    unpickler = type("InertUnpickler", (_InertUnpickler,), {"allowed": _allowed_globals(), "inert": {}})
+    module = type(pickle)("clipag_inert_pickle")
+    module.Unpickler, module.load, module.__name__ = unpickler, pickle.load, "clipag_inert_pickle"
+    try:
+        obj = torch.load(path, map_location="cpu", pickle_module=module, weights_only=False, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to unpickle ({e}). Nothing from it was run.") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a training checkpoint (a {type(obj).__name__}, not a dict)")
+    return obj, sorted(unpickler.inert)
 
 
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,

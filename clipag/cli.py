@@ -36,8 +36,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    from .adapters.vqgan_clip.registry import VQGANS, fetch_vqgan
     from .weights import load_entry, resolve
 
+    if args.name in VQGANS:  # a VQGAN for `clipag vqgan` / VQGAN-CLIP
+        print(fetch_vqgan(args.name, args.download_root)[1].parent)
+        return 0
     entry = registry.get_entry(args.name)
     if entry is not None and not entry.hf_repo:
         load_entry(entry, args.download_root)
@@ -49,8 +53,12 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from .adapters.vqgan_clip.registry import VQGANS, import_vqgan
     from .weights import import_checkpoint
 
+    if args.name in VQGANS:
+        print(import_vqgan(args.name, args.file, args.config, args.download_root))
+        return 0
     if args.name.startswith("hf-hub:"):  # a Hub-layout folder (e.g. a clipag.finetune export) copied here
         from .weights import install_in_hub_cache
 
@@ -88,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="also print each model's description")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("download", help="fetch, verify and cache a model (registry name or hf-hub: id)")
+    p = sub.add_parser("download", help="fetch, verify and cache a model (registry name, hf-hub: id or VQGAN name)")
     p.add_argument("name")
     p.set_defaults(func=cmd_download)
 
@@ -96,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="registry name (e.g. ViT-B/32), or hf-hub:ORG/NAME for a Hub-layout folder")
     p.add_argument("file", help="the downloaded file (e.g. CLIPAG_ViTB32.pt), or a folder with "
                                 "open_clip_config.json + open_clip_model.safetensors")
+    p.add_argument("--config", default=None, metavar="YAML", help="VQGAN names: the model's taming yaml "
+                                                                    "(needed unless already in the cache)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("run", help="run an unmodified script with `import clip` resolving to clipag")
@@ -119,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list:
     """Sub-commands that live with their feature (generation, priors)."""
+    from .adapters.vqgan_clip.cli import register_vqgan
     from .generation_cli import register_generate, register_prior
 
-    return [register_generate, register_prior]
+    return [register_generate, register_prior, register_vqgan]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["DownloadError", "OfflineError", "cache_root", "model_dir", "is_offline", "download_url", "sha256_of",
-           "read_json", "write_json_atomic", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["DownloadError", "OfflineError", "cache_root", "model_dir", "converted_path", "is_offline", "download_url",
+           "sha256_of", "read_json", "write_json_atomic", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CHUNK = 1 << 20
 CONFIG_NAME = "open_clip_config.json"  # open_clip's Hub layout, which every cached model folder follows
@@ -48,6 +48,18 @@ def cache_root(download_root: str | os.PathLike | None = None) -> Path:
 def model_dir(name: str, download_root: str | os.PathLike | None = None) -> Path:
     """The cache folder of a registry model (``ViT-B/32`` → ``<cache>/ViT-B-32``)."""
     return cache_root(download_root) / name.replace("/", "-")
+
+
+def converted_path(file: str | os.PathLike, download_root: str | os.PathLike | None = None, tag: str = "") -> Path:
+    """Where a user's pickled checkpoint is cached as safetensors (``<cache>/converted/``).
+
+    Keyed by the file's absolute path, size and mtime (and ``tag``, for readers that keep only some tensors),
+    so an edited or replaced file is converted anew.
+    """
+    path = Path(file)
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}{tag}".encode()).hexdigest()[:32]
+    return cache_root(download_root) / "converted" / f"{key}.safetensors"
 
 
 def is_offline() -> bool:

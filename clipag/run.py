@@ -73,4 +73,10 @@ def run_script(script: str, args: list[str], model: str | None = None, device: s
     install_clip_aliases(model)
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except ImportError as e:
+        hint = standins.import_error_hint(e)
+        if hint:
+            e.add_note(hint)
+        raise

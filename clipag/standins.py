@@ -3,8 +3,9 @@
 Each framework's hard dependency that no longer installs (diffvg needs a C++/CUDA build, taming breaks
 on torch >= 2) has a pure-PyTorch replacement inside ``clipag.adapters``. An import hook maps the
 upstream module names to those replacements. In ``auto`` mode the hook sits *after* the normal path
-finders, so a real installation still wins (including one a script appends to ``sys.path`` later);
-``on`` puts it first; ``off`` leaves the import alone.
+finders, so a real installation still wins (including one a script appends to ``sys.path`` later, unless
+the entry says such copies cannot work: ``late_copies_win=False``); ``on`` puts it first; ``off`` leaves
+the import alone. If a real package is used and fails to import, the error says how to use the stand-in.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from types import ModuleType
 
-__all__ = ["StandIn", "STANDINS", "install", "uninstall", "MODES"]
+__all__ = ["StandIn", "STANDINS", "install", "uninstall", "import_error_hint", "MODES"]
 
 MODES = ("auto", "on", "off")
 
@@ -29,10 +30,20 @@ class StandIn:
     name: str                   # what users pass to --standin / --no-standin
     replaces: str               # the upstream project, for messages
     modules: dict[str, str] = field(default_factory=dict)  # upstream module name -> clipag module
+    # auto mode, real package not installed: does a copy the script itself adds to sys.path later still win?
+    late_copies_win: bool = True
 
 
 # One entry per upstream dependency; each adapter adds its own here.
 STANDINS: dict[str, StandIn] = {s.name: s for s in (
+    # VQGAN-CLIP appends a cloned taming-transformers/ to sys.path; on torch >= 2 that clone cannot import
+    # (torch._six, Lightning 1.x), so in auto mode it does not displace the stand-in.
+    StandIn("taming", "taming-transformers (CompVis/taming-transformers)", {
+        "taming": "clipag.adapters.vqgan_clip.taming",
+        "taming.models": "clipag.adapters.vqgan_clip.taming.models",
+        "taming.models.vqgan": "clipag.adapters.vqgan_clip.taming.models.vqgan",
+        "taming.models.cond_transformer": "clipag.adapters.vqgan_clip.taming.models.cond_transformer",
+    }, late_copies_win=False),
 )}
 
 
@@ -67,6 +78,7 @@ class _StandInFinder(importlib.abc.MetaPathFinder):
 
 
 _installed: list[_StandInFinder] = []
+_auto: list[StandIn] = []  # armed in auto mode: a real copy may have been imported instead
 
 
 def _real_is_importable(standin: StandIn) -> bool:
@@ -93,15 +105,34 @@ def install(modes: dict[str, str] | None = None) -> list[str]:
         if mode == "on":
             sys.meta_path.insert(0, finder)
             lines.append(f"[clipag] stand-in {standin.name}: on, replacing {standin.replaces}")
-        else:
-            state = ("installed: the real one is used" if _real_is_importable(standin)
-                     else "not installed: clipag's stand-in is used")
+        elif _real_is_importable(standin):
             sys.meta_path.append(finder)
-            lines.append(f"[clipag] stand-in {standin.name}: auto, {standin.replaces} {state}")
+            _auto.append(standin)
+            lines.append(f"[clipag] stand-in {standin.name}: auto, {standin.replaces} installed: the real one is used")
+        elif standin.late_copies_win:
+            sys.meta_path.append(finder)
+            _auto.append(standin)
+            lines.append(f"[clipag] stand-in {standin.name}: auto, {standin.replaces} not installed: "
+                         "clipag's stand-in is used")
+        else:
+            sys.meta_path.insert(0, finder)
+            lines.append(f"[clipag] stand-in {standin.name}: auto, {standin.replaces} not installed: clipag's "
+                         f"stand-in is used, also over a copy the script puts on sys.path (such copies do not run "
+                         f"on this torch; --no-standin {standin.name} to try one)")
         _installed.append(finder)
     for line in lines:
         print(line, file=sys.stderr)
     return lines
+
+
+def import_error_hint(error: ImportError) -> str | None:
+    """For an import that failed inside a real package used in auto mode: how to use clipag's stand-in."""
+    for standin in _auto:
+        tops = {name.split(".")[0] for name in standin.modules}
+        if any(top in sys.modules and not sys.modules[top].__name__.startswith("clipag.") for top in tops):
+            return (f"[clipag] the real {standin.replaces} was imported and failed ({error}); "
+                    f"run with --standin {standin.name} to use clipag's stand-in instead")
+    return None
 
 
 def uninstall() -> None:
@@ -110,3 +141,4 @@ def uninstall() -> None:
         if finder in sys.meta_path:
             sys.meta_path.remove(finder)
     _installed.clear()
+    _auto.clear()

@@ -28,6 +28,7 @@ from .hub import (
     DownloadError,
     OfflineError,
     cache_root,
+    converted_path,
     download_url,
     is_offline,
     model_dir,
@@ -197,9 +198,7 @@ def _read_local_file(path: Path, download_root: str | os.PathLike | None) -> Che
     """
     if not zipfile.is_zipfile(path):
         return read_checkpoint(path)
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:32]
-    converted = cache_root(download_root) / "converted" / f"{key}.safetensors"
+    converted = converted_path(path, download_root)
     if converted.exists():
         try:
             cached = read_checkpoint(converted)
