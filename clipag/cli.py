@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import registry
@@ -75,8 +76,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import os
-
     from .run import run_script
 
     if args.precision:
@@ -137,6 +136,8 @@ def _extra_commands() -> list:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run" and os.path.isfile(args.script):
+        return args.func(args)  # the script's own errors keep their traceback, as under `python script.py`
     try:
         return args.func(args)
     except KeyboardInterrupt:

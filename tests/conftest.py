@@ -5,11 +5,17 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import signal
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+
+# Ctrl-C tests need a live SIGINT. A suite started in the background (nohup, `&`) inherits an ignored one;
+# a Python handler here also gives child processes a default one (caught signals reset on exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # OpenAI's builder needs widths that are multiples of 64 (heads = width // 64).
 TINY_OPENAI = dict(embed_dim=32, image_resolution=224, vision_layers=2, vision_width=64, vision_patch_size=32,

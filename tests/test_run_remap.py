@@ -127,3 +127,14 @@ def test_run_device_cpu_remaps_script_and_its_imports(tmp_path, openai_files):
     assert out == {"tensor": "cpu", "device": "cpu", "dtype": "torch.float32", "features": "cpu",
                    "available": False}
     assert "CUDA requests go to cpu" in result.stderr
+
+
+def test_run_keeps_the_scripts_traceback(tmp_path):
+    (tmp_path / "boom.py").write_text("def inner():\n    raise RuntimeError('deep inside')\ninner()\n")
+    result = subprocess.run([sys.executable, "-m", "clipag.cli", "run", "boom.py"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "in inner" in result.stderr and "deep inside" in result.stderr
+    missing = subprocess.run([sys.executable, "-m", "clipag.cli", "run", "nope.py"], cwd=tmp_path,
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "no such script: nope.py" in missing.stderr
