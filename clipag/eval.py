@@ -23,7 +23,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from .attacks import NORMS, pgd
-from .registry import OPENAI_MEAN, OPENAI_STD
 from .tokenizer import tokenize
 
 __all__ = ["PixelCLIP", "zero_shot_weights", "evaluate", "read_image_folder", "load_templates", "eval_batches",
@@ -44,12 +43,18 @@ class PixelCLIP(torch.nn.Module):
     the one call DDP wraps in training; ``encode_image``/``encode_text`` serve attacks and evaluation.
     """
 
-    def __init__(self, model: torch.nn.Module, mean: Sequence[float] = OPENAI_MEAN,
-                 std: Sequence[float] = OPENAI_STD) -> None:
+    def __init__(self, model: torch.nn.Module, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        """``mean``/``std`` default to the model's own preprocess config (:func:`clipag.model.image_normalization`)."""
+        from .model import image_normalization
+
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        model_mean, model_std = image_normalization(model)
+        mean = model_mean if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = model_std if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image((pixels - self.mean) / self.std)
@@ -264,14 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_pixel_model(name: str, device: torch.device | str) -> PixelCLIP:
     """Any name ``clipag.load`` takes, as an fp32 :class:`PixelCLIP` using the model's own mean/std."""
-    from .model import build_model, load_weights
+    from .model import attach_preprocess, build_model, load_weights
     from .weights import resolve
 
     resolved = resolve(name)
     model = build_model(resolved.config, initialize=False)
     load_weights(model, resolved.state_dict, resolved.source)
-    return PixelCLIP(model, resolved.preprocess.get("mean", OPENAI_MEAN),
-                     resolved.preprocess.get("std", OPENAI_STD)).to(device).eval().requires_grad_(False)
+    attach_preprocess(model, resolved.preprocess)
+    return PixelCLIP(model).to(device).eval().requires_grad_(False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-__all__ = ["CLIP", "CustomTextCLIP", "build_model", "load_weights", "make_preprocess", "WeightsMismatchError"]
+from .registry import OPENAI_MEAN, OPENAI_STD
+
+__all__ = ["CLIP", "CustomTextCLIP", "build_model", "load_weights", "make_preprocess", "attach_preprocess",
+           "image_normalization", "WeightsMismatchError"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -142,3 +145,48 @@ def make_preprocess(image_size: int, preprocess_cfg: dict[str, Any] | None = Non
     cfg = {**(preprocess_cfg or {}), "size": image_size}
     known = PreprocessCfg.__dataclass_fields__
     return image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in known}), is_train=False)
+
+
+def attach_preprocess(model: torch.nn.Module, preprocess_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Record the preprocess config on the model, where open_clip keeps it (``model.visual.preprocess_cfg``).
+
+    Code that is handed only the model (generation, the adapters, eval) then normalises its pixels with the
+    model's own mean/std. Missing fields get OpenAI's values, as :func:`make_preprocess` does.
+    """
+    cfg = {"mean": OPENAI_MEAN, "std": OPENAI_STD, **(preprocess_cfg or {}), "size": model.visual.input_resolution}
+    cfg["mean"], cfg["std"] = tuple(cfg["mean"]), tuple(cfg["std"])
+    open_clip.set_model_preprocess_cfg(model, cfg)
+    return cfg
+
+
+def image_normalization(source: Any, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` as float32 ``(1, C, 1, 1)`` tensors: what ``(pixels - mean) / std`` needs before a model.
+
+    ``source`` is a model (its ``visual.preprocess_cfg``, set by :func:`clipag.load` and open_clip, or the
+    legacy ``visual.image_mean``/``image_std``), a preprocess transform (its ``Normalize``), or a preprocess
+    config dict. A model that carries none, such as one from OpenAI's ``clip`` package, gets OpenAI's values,
+    which its own preprocess uses.
+    """
+    mean, std = _find_normalization(source)
+    shape = (1, -1, 1, 1)
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
+            torch.tensor(std, dtype=torch.float32, device=device).view(shape))
+
+
+def _find_normalization(source: Any) -> tuple[Any, Any]:
+    if isinstance(source, dict):
+        return source.get("mean", OPENAI_MEAN), source.get("std", OPENAI_STD)
+    module = getattr(source, "visual", source)  # open_clip keeps it on the image tower
+    cfg = getattr(module, "preprocess_cfg", None) or {}
+    mean, std = cfg.get("mean", getattr(module, "image_mean", None)), cfg.get("std", getattr(module, "image_std", None))
+    if mean is not None and std is not None:
+        return mean, std
+    if hasattr(source, "visual"):  # a CLIP model with no record of its preprocess: OpenAI's, as its preprocess
+        return OPENAI_MEAN, OPENAI_STD
+    if hasattr(source, "mean") and hasattr(source, "std") and not callable(source.mean):  # torchvision Normalize
+        return source.mean, source.std
+    for transform in reversed(getattr(source, "transforms", None) or ()):  # a Compose: its last Normalize
+        with contextlib.suppress(TypeError):
+            return _find_normalization(transform)
+    raise TypeError(f"cannot tell the image mean/std of a {type(source).__name__}: pass a CLIP model, its "
+                    "preprocess transform, or a preprocess config dict")

@@ -95,7 +95,7 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, model_cfg, preprocess = create_model(args)
     torch.manual_seed(args.seed + d.rank)  # per-rank seeding for anything stochastic after init
-    pixel = PixelCLIP(model, preprocess["mean"], preprocess["std"]).to(d.device)
+    pixel = PixelCLIP(model).to(d.device)  # the mean/std create_model attached
     context = int(model.context_length)
     source = build_source(args, model.visual.input_resolution, context)
     global_batch = args.batch_size * args.accum_steps * d.world_size
