@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from ..attacks import NORMS
+from ..datasets import DATASET_TYPES, guess_dataset_type
 from ..eval import parse_epsilon
 
 __all__ = ["build_parser", "parse_args", "OBJECTIVES", "DATASET_TYPES", "PRECISIONS"]
 
 OBJECTIVES = ("contrastive", "fare", "tecoa")
-DATASET_TYPES = ("auto", "webdataset", "csv", "folder", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -136,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also log to OUTPUT_DIR/tensorboard")
     add(g, "--no-progress", dest="progress", default=True, action="store_false", shown="bar shown on rank 0",
         source="clipag", help="hide the progress bar")
-    add(g, "--eval-data", source="clipag", help="image folder (or 'synthetic') for zero-shot evaluation")
+    add(g, "--eval-data", source="clipag", help="labelled images for zero-shot evaluation, read as python -m "
+        "clipag.eval reads --data: an image folder, a CSV/TSV with a 'label' column, or 'synthetic'")
     add(g, "--eval-every", type=int, default=0, source="clipag", help="evaluate every N steps; 0 = at the end only")
     add(g, "--eval-samples", type=int, default=1000, source="clipag", help="seeded subset of --eval-data")
     add(g, "--eval-norm", default=None, choices=NORMS, source="--norm", help="threat model of the evaluation")
@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Name
             raise TypeError(f"unknown finetune option {key!r}")
         setattr(args, key, value)
     if args.dataset_type == "auto":
-        args.dataset_type = _guess_type(args.train_data)
+        args.dataset_type = guess_dataset_type(args.train_data)
     if args.dataset_type != "synthetic" and not args.train_data:
         parser.error(f"--train-data is required with --dataset-type {args.dataset_type}")
     if args.objective == "fare" and args.unlock_text:
@@ -174,15 +174,3 @@ def parse_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Name
     if args.batch_size < 1 or args.accum_steps < 1:
         parser.error("--batch-size and --accum-steps must be >= 1")
     return args
-
-
-def _guess_type(data: str | None) -> str:
-    if not data:
-        return "synthetic"
-    if ".tar" in data or "{" in data or "::" in data or data.startswith(("pipe:", "http://", "https://", "s3://")):
-        return "webdataset"
-    if data.endswith((".csv", ".tsv")):
-        return "csv"
-    if os.path.isdir(data):
-        return "folder"
-    raise SystemExit(f"cannot tell the dataset type of {data!r}; pass --dataset-type")

@@ -57,18 +57,21 @@ def train(argv: list[str] | None = None, **overrides: Any) -> TrainResult:
 
 
 def _setup_logging(output_dir: Path, main: bool) -> None:
-    log.setLevel(logging.INFO if main else logging.WARNING)
-    for handler in [h for h in log.handlers if getattr(h, "_clipag", False)]:
-        log.removeHandler(handler)
-        handler.close()
+    """The run's log, and the data readers' (skipped samples), to stderr and OUTPUT_DIR/train.log."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if main:
         handlers.append(logging.FileHandler(output_dir / "train.log"))
     for handler in handlers:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler._clipag = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    log.propagate = False
+    for logger in (log, logging.getLogger("clipag.data")):
+        logger.setLevel(logging.INFO if main else logging.WARNING)
+        for handler in [h for h in logger.handlers if getattr(h, "_clipag", False)]:
+            logger.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.propagate = False
 
 
 def _attack_seed(*parts: int) -> int:
@@ -291,7 +294,9 @@ def _evaluate(args: Any, pixel: PixelCLIP, precision: Precision, d: distributed.
     if d.main:
         size = pixel.model.visual.input_resolution
         batches, classnames, total = eval_batches(args.eval_data, size, args.batch_size, args.eval_samples, args.seed,
-                                                  min(args.workers, 2), None, args.synthetic_classes)
+                                                  min(args.workers, 2), None, args.synthetic_classes,
+                                                  csv_separator=args.csv_separator, csv_img_key=args.csv_img_key,
+                                                  image_key=args.image_key)
         weights = zero_shot_weights(pixel, classnames, load_templates(args.eval_templates or args.templates), d.device)
         eps = args.epsilon if args.eval_epsilon is None else args.eval_epsilon
         result = evaluate(pixel, batches, weights, args.eval_norm or args.norm, [eps] if eps > 0 else [],
