@@ -57,6 +57,8 @@ def test_pretraining_from_scratch_learns(pretrained):
     records = [json.loads(line) for line in (pretrained.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(10, 81, 10))
     assert records[-1]["event"] == "done" and records[-1]["replicas_identical"]
+    log = (pretrained.output_dir / "train.log").read_text()
+    assert "objective contrastive, clean training: no attack (ε = 0)" in log
 
 
 def test_adversarial_finetuning_lowers_attack_success(pretrained, tmp_path):
@@ -68,6 +70,8 @@ def test_adversarial_finetuning_lowers_attack_success(pretrained, tmp_path):
     assert start_success > 0.3  # the clean model is easy to fool ...
     assert success < start_success - 0.2  # ... the finetuned one much less
     assert clean > 0.85
+    assert ("adversarial training: 3-step l2 PGD at ε=1, ε ramped from 0 over the first 50% of steps"
+            in (tmp_path / "adv" / "train.log").read_text())
     epsilons = [r["epsilon"] for r in result.history]
     assert epsilons[0] < 0.5 and epsilons[-1] == 1.0  # the ramp
     frozen = load_file(str(pretrained.export_dir / "open_clip_model.safetensors"))

@@ -143,9 +143,8 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
     writer = MetricsWriter(out / "metrics.jsonl", out / "tensorboard" if args.tensorboard else None) if d.main \
         else None
     if d.main:
-        log.info("%s: %s steps × global batch %d on %d rank(s) (%s, %s), objective %s, %s ε=%g over %d PGD steps",
-                 out, steps, global_batch, d.world_size, d.device, precision.name, args.objective, args.norm,
-                 args.epsilon, args.attack_steps)
+        log.info("%s: %s steps × global batch %d on %d rank(s) (%s, %s), objective %s, %s", out, steps, global_batch,
+                 d.world_size, d.device, precision.name, args.objective, describe_attack(args))
     result = TrainResult(out, None, steps)
     bar = tqdm(total=steps, initial=run.step, unit="step", disable=not (d.main and args.progress))
     sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss, accuracy, micro-batches since last log
@@ -226,6 +225,15 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
         writer.close()
     distributed.barrier(d)
     return result
+
+
+def describe_attack(args: Any) -> str:
+    """The training attack in words; ε = 0 (or 0 PGD steps) is clean training, and the log says so."""
+    if args.epsilon <= 0 or args.attack_steps <= 0:
+        why = "ε = 0" if args.epsilon <= 0 else "--attack-steps 0"
+        return f"clean training: no attack ({why})"
+    ramp = f", ε ramped from 0 over the first {args.epsilon_warmup:.0%} of steps" if args.epsilon_warmup else ""
+    return f"adversarial training: {args.attack_steps}-step {args.norm} PGD at ε={args.epsilon:g}{ramp}"
 
 
 @dataclass
