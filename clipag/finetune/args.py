@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--log-every", type=int, default=10, source="clipag", help="write metrics every N steps")
     add(g, "--tensorboard", default=False, action="store_true", source="clipag",
         help="also log to OUTPUT_DIR/tensorboard")
+    add(g, "--collapse-window", type=int, default=None, source="clipag: max(50, 5%% of --steps)",
+        help="steps (after warmup) that loss and accuracy must sit at chance, or embeddings collapse, before the "
+             "'not learning' warning; it never stops the run")
     add(g, "--no-progress", dest="progress", default=True, action="store_false", shown="bar shown on rank 0",
         source="clipag", help="hide the progress bar")
     add(g, "--eval-data", source="clipag", help="labelled images for zero-shot evaluation, read as python -m "

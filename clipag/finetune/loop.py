@@ -30,6 +30,7 @@ from .data import build_source, make_loader
 from .export import export_model, push_to_hub
 from .losses import Objective
 from .step import AdversarialStep
+from .watch import SIGNALS, LearningWatch, suggestions
 
 __all__ = ["train", "TrainResult"]
 
@@ -44,6 +45,7 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # the last logged training metrics
     eval: dict[str, Any] | None = None  # the last evaluation
     history: list[dict[str, Any]] = field(default_factory=list)  # every logged training record of this process
+    not_learning: str | None = None  # the collapse warning the run ended with, if any (see watch.py)
 
 
 def train(argv: list[str] | None = None, **overrides: Any) -> TrainResult:
@@ -146,8 +148,11 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
         log.info("%s: %s steps × global batch %d on %d rank(s) (%s, %s), objective %s, %s", out, steps, global_batch,
                  d.world_size, d.device, precision.name, args.objective, describe_attack(args))
     result = TrainResult(out, None, steps)
+    watch = LearningWatch(args.collapse_window or max(50, steps // 20), start=warmup, hints=suggestions(args))
     bar = tqdm(total=steps, initial=run.step, unit="step", disable=not (d.main and args.progress))
-    sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss, accuracy, micro-batches since last log
+    # since the last log: loss, accuracy, micro-batches, then the step's signals (image/text similarity, chance
+    # loss/accuracy) summed where defined, and how often each was defined
+    sums = torch.zeros(3 + 2 * len(SIGNALS), dtype=torch.float64, device=d.device)
     window_start, window_steps = time.perf_counter(), 0
     for step in range(run.step, steps):
         lr = lr_at(step, args.lr, warmup, steps, args.lr_schedule)
@@ -163,11 +168,13 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
             generator = torch.Generator(d.device).manual_seed(_attack_seed(args.seed, d.rank, step, micro))
             sync = ddp.no_sync() if ddp is not None and micro < args.accum_steps - 1 else nullcontext()
             with sync:
-                loss, acc = micro_step(images, tokens, labels, eps, alpha, generator)
+                loss, acc, signals = micro_step(images, tokens, labels, eps, alpha, generator)
                 precision.scaler.scale(loss / args.accum_steps).backward()
             sums[0] += loss.detach()
             sums[1] += acc.detach()
             sums[2] += 1
+            sums[3:3 + len(SIGNALS)] += signals.nan_to_num(0.0)
+            sums[3 + len(SIGNALS):] += signals.isfinite()
         precision.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip if args.grad_clip > 0 else math.inf)
         precision.scaler.step(optimizer)
@@ -180,12 +187,19 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
         bar.update(1)
 
         if done % args.log_every == 0 or done == steps:
-            loss_sum, acc_sum, count, skipped_all = distributed.all_reduce_sum([*sums.tolist(), run.skipped], d)
+            loss_sum, acc_sum, count, *signal_sums, skipped_all = distributed.all_reduce_sum(
+                [*sums.tolist(), run.skipped], d)
             elapsed = time.perf_counter() - window_start
             metrics = {"loss": loss_sum / count, "acc": acc_sum / count, "lr": lr, "epsilon": eps,
                        "grad_norm": float(grad_norm), "logit_scale": float(model.logit_scale.detach().exp()),
                        "images_per_s": global_batch * window_steps / elapsed, "skipped_samples": int(skipped_all),
                        "samples_seen": done * global_batch}
+            metrics.update({name: total / n for name, total, n in
+                            zip(SIGNALS, signal_sums[:len(SIGNALS)], signal_sums[len(SIGNALS):], strict=True) if n})
+            warning = watch.update(done, metrics)
+            metrics["not_learning"] = int(watch.collapsed)
+            if warning and d.main:
+                log.warning(warning)
             result.metrics = metrics
             result.history.append({"step": done, **metrics})
             if writer:
@@ -204,6 +218,8 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
                   {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
             window_start = time.perf_counter()
     bar.close()
+    if d.main:
+        _log_summary(result, watch)
 
     digests = weight_digests(model, d)
     identical = len(set(digests)) == 1
@@ -221,7 +237,7 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
             log.info("pushed to %s", push_to_hub(result.export_dir, args.push_to_hub, args.hub_private))
     if writer:
         writer.write({"event": "done", "replicas_identical": identical, "world_size": d.world_size,
-                      "weight_digests": digests}, steps)
+                      "weight_digests": digests, "not_learning": result.not_learning}, steps)
         writer.close()
     distributed.barrier(d)
     return result
@@ -234,6 +250,22 @@ def describe_attack(args: Any) -> str:
         return f"clean training: no attack ({why})"
     ramp = f", ε ramped from 0 over the first {args.epsilon_warmup:.0%} of steps" if args.epsilon_warmup else ""
     return f"adversarial training: {args.attack_steps}-step {args.norm} PGD at ε={args.epsilon:g}{ramp}"
+
+
+def _log_summary(result: TrainResult, watch: LearningWatch) -> None:
+    """The end of the run in one line, and the collapse warning again if the run ended collapsed."""
+    m = result.metrics
+    if m:
+        names = {"loss": "loss", "chance_loss": "chance loss", "acc": "batch accuracy",
+                 "image_similarity": "image similarity", "text_similarity": "text similarity"}
+        log.info("finished %d steps: %s", result.steps, ", ".join(f"{label} {m[key]:.4f}" for key, label in
+                                                                   names.items() if key in m))
+    summary = watch.summary()
+    if summary and watch.collapsed:
+        result.not_learning = summary
+        log.warning(summary)
+    elif summary:
+        log.info(summary)
 
 
 @dataclass
