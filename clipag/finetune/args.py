@@ -13,6 +13,8 @@ __all__ = ["build_parser", "parse_args", "OBJECTIVES", "DATASET_TYPES", "PRECISI
 
 OBJECTIVES = ("contrastive", "fare", "tecoa")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FINETUNE_LR = 1e-5  # FARE's, for pretrained weights
+SCRATCH_LR = 1e-3  # measured here for the bundled 32 px configs, pretrained from scratch (docs/finetune.md)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -109,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--steps", type=int, default=None, source="FARE: 20000", help="optimiser steps (or use --epochs)")
     add(g, "--epochs", type=float, default=None, source="open_clip_train",
         help="alternative to --steps, with the dataset size (or --train-num-samples)")
-    add(g, "--lr", type=float, default=1e-5, source="FARE", help="peak learning rate")
+    add(g, "--lr", type=float, default=None, shown=f"{FINETUNE_LR:g} finetuning --pretrained weights, {SCRATCH_LR:g} "
+        "from scratch", source="FARE; from scratch: measured here (docs/finetune.md)", help="peak learning rate")
     add(g, "--wd", type=float, default=1e-4, source="FARE", help="AdamW weight decay (not on norms, biases, "
         "logit scale, or any <2-D tensor)")
     add(g, "--beta1", type=float, default=0.9, source="open_clip_train (ViT)", help="AdamW β1")
@@ -166,6 +169,8 @@ def parse_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Name
         if key not in known:
             raise TypeError(f"unknown finetune option {key!r}")
         setattr(args, key, value)
+    if args.lr is None:  # FARE's 1e-5 suits pretrained weights; from random weights it barely moves in a CPU run
+        args.lr = FINETUNE_LR if args.pretrained not in (None, "none") else SCRATCH_LR
     if args.dataset_type == "auto":
         args.dataset_type = guess_dataset_type(args.train_data)
     if args.dataset_type != "synthetic" and not args.train_data:
@@ -176,4 +181,6 @@ def parse_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Name
         parser.error("--epsilon must be >= 0 and --epsilon-warmup in [0, 1]")
     if args.batch_size < 1 or args.accum_steps < 1:
         parser.error("--batch-size and --accum-steps must be >= 1")
+    if args.collapse_window is not None and args.collapse_window < 1:
+        parser.error("--collapse-window must be >= 1")
     return args
