@@ -219,6 +219,7 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
                   {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
             window_start = time.perf_counter()
     bar.close()
+    result.not_learning = watch.summary() if watch.collapsed else None  # every rank saw the same averages
     if d.main:
         _log_summary(result, watch)
 
@@ -261,12 +262,10 @@ def _log_summary(result: TrainResult, watch: LearningWatch) -> None:
                  "image_similarity": "image similarity", "text_similarity": "text similarity"}
         log.info("finished %d steps: %s", result.steps, ", ".join(f"{label} {m[key]:.4f}" for key, label in
                                                                    names.items() if key in m))
-    summary = watch.summary()
-    if summary and watch.collapsed:
-        result.not_learning = summary
-        log.warning(summary)
-    elif summary:
-        log.info(summary)
+    if result.not_learning:
+        log.warning(result.not_learning)
+    elif watch.summary():  # stuck for a while, then learned
+        log.info(watch.summary())
 
 
 @dataclass
