@@ -114,3 +114,16 @@ def test_a_constant_image_source_is_reported_collapsed(tmp_path):
                     "--lr", "2e-3", "--output-dir", str(out), *FAST])
     assert result.not_learning and "image embeddings collapsed to one direction" in result.not_learning
     assert result.metrics["image_similarity"] > 0.999
+
+
+def test_hints_fit_the_run():
+    from clipag.finetune.args import parse_args
+    from clipag.finetune.watch import suggestions
+
+    scratch = parse_args(["--dataset-type", "synthetic", "--unlock-text", "--epsilon", "0"])
+    assert scratch.lr == 1e-3  # the from-scratch default (FARE's 1e-5 is for pretrained weights)
+    assert any('"pool_type": "avg"' in h for h in suggestions(scratch, "tok"))
+    assert not any("pool_type" in h for h in suggestions(scratch, "avg"))
+    frozen = parse_args(["--dataset-type", "synthetic"])
+    assert any("--unlock-text" in h for h in suggestions(frozen)) and any("--epsilon" in h for h in suggestions(frozen))
+    assert parse_args(["--dataset-type", "synthetic", "--pretrained", "x"]).lr == 1e-5

@@ -149,7 +149,7 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
                  d.world_size, d.device, precision.name, args.objective, describe_attack(args))
     result = TrainResult(out, None, steps)
     watch = LearningWatch(args.collapse_window or max(50, steps // 20), start=max(warmup, run.step),
-                          hints=suggestions(args))  # a resumed run is judged from where it resumed
+                          hints=suggestions(args, getattr(model.visual, "pool_type", None)))  # judged from here
     bar = tqdm(total=steps, initial=run.step, unit="step", disable=not (d.main and args.progress))
     # since the last log: loss, accuracy, micro-batches, then the step's signals (image/text similarity, chance
     # loss/accuracy) summed where defined, and how often each was defined
