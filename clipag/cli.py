@@ -73,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.precision:
         os.environ["CLIPAG_PRECISION"] = args.precision
-    run_script(args.script, args.args, model=args.model)
+    modes = {name: "on" for name in args.standin} | {name: "off" for name in args.no_standin}
+    run_script(args.script, args.args, model=args.model, device=args.device, standin_modes=modes)
     return 0
 
 
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="replace every clip.load name (registry name, hf-hub: id, path)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="weight precision off the CPU (default fp16, as OpenAI)")
+    p.add_argument("--device", default=None, help="send the script's hard-coded CUDA requests (torch.device('cuda'), "
+                                                  ".cuda(), device='cuda', .to('cuda')) to this device, e.g. cpu, mps")
+    p.add_argument("--standin", action="append", default=[], metavar="NAME",
+                   help="always use clipag's stand-in for NAME, even if the real package is installed")
+    p.add_argument("--no-standin", action="append", default=[], metavar="NAME",
+                   help="never use clipag's stand-in for NAME (default: used only when the real one is missing)")
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_run)

@@ -1,4 +1,4 @@
-"""Tensor ↔ PIL conversion and the files generation writes: PNG, animated GIF, contact-sheet grid."""
+"""Tensor ↔ PIL conversion and the files generators write: PNG, animated GIF, contact sheets, labelled grids."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
-__all__ = ["to_pil", "save_png", "save_gif", "make_grid", "numbered"]
+__all__ = ["to_pil", "save_png", "save_gif", "make_grid", "labelled_grid", "numbered"]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -59,6 +59,54 @@ def make_grid(images: Sequence[Image.Image], columns: int | None = None, pad: in
     sheet = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + pad) + pad), "white")
     for i, image in enumerate(images):
         sheet.paste(image, (pad + (i % columns) * (w + pad), pad + (i // columns) * (h + pad)))
+    return sheet
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    """Greedy word wrap to ``width`` pixels, so long prompts fit beside their row."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
+def labelled_grid(cells: Sequence[Sequence[Image.Image]], row_labels: Sequence[str] = (),
+                  group_labels: Sequence[str] = (), group_size: int | None = None, cell_size: int | None = None,
+                  gap: int = 12, label_width: int = 120) -> Image.Image:
+    """The comparison sheet every CLI draws (CLIP vs CLIPAG, one row per prompt).
+
+    ``cells[row][column]``; columns come in groups of ``group_size`` (one group per model, say), each
+    headed by its ``group_labels`` entry and separated by ``gap`` pixels. Cells are resized to
+    ``cell_size`` (default: the first cell's width) with nearest-neighbour, so small images stay crisp.
+    """
+    if not cells or not cells[0]:
+        raise ValueError("no images for the grid")
+    columns = len(cells[0])
+    if any(len(row) != columns for row in cells):
+        raise ValueError("every row of the grid needs the same number of images")
+    group_size = group_size or columns
+    if columns % group_size:
+        raise ValueError(f"{columns} columns do not split into groups of {group_size}")
+    size = cell_size or cells[0][0].width
+    left = label_width if row_labels else 0
+    header = 20 if group_labels else 0
+    groups = columns // group_size
+    sheet = Image.new("RGB", (left + columns * size + gap * (groups - 1), header + len(cells) * size), "white")
+    draw = ImageDraw.Draw(sheet)
+    x_of = lambda column: left + column * size + gap * (column // group_size)
+    for group, label in enumerate(group_labels):
+        draw.text((x_of(group * group_size) + 4, 4), label, fill="black")
+    for row, images in enumerate(cells):
+        if row < len(row_labels):
+            draw.multiline_text((4, header + row * size + 4), _wrap(draw, row_labels[row], left - 8), fill="black")
+        for column, image in enumerate(images):
+            tile = image.convert("RGB")
+            if tile.size != (size, size):
+                tile = tile.resize((size, size), Image.Resampling.NEAREST)
+            sheet.paste(tile, (x_of(column), header + row * size))
     return sheet
 
 

@@ -21,7 +21,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from .registry import OPENAI_MEAN, OPENAI_STD
 
 __all__ = ["CLIP", "CustomTextCLIP", "build_model", "load_weights", "make_preprocess", "attach_preprocess",
-           "image_normalization", "WeightsMismatchError"]
+           "normalization_of", "image_normalization", "WeightsMismatchError"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -159,23 +159,34 @@ def attach_preprocess(model: torch.nn.Module, preprocess_cfg: dict[str, Any] | N
     return cfg
 
 
-def image_normalization(source: Any, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)`` as float32 ``(1, C, 1, 1)`` tensors: what ``(pixels - mean) / std`` needs before a model.
+def normalization_of(source: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` a model's images are normalised with: what pixel-space optimizers (generation, the adapters)
+    apply to their own views, so a model not normalised like OpenAI's is fed what it was trained on.
 
     ``source`` is a model (its ``visual.preprocess_cfg``, set by :func:`clipag.load` and open_clip, or the
-    legacy ``visual.image_mean``/``image_std``), a preprocess transform (its ``Normalize``), or a preprocess
-    config dict. A model that carries none, such as one from OpenAI's ``clip`` package, gets OpenAI's values,
-    which its own preprocess uses.
+    legacy ``visual.image_mean``/``image_std``), a preprocess transform (its ``Normalize``, e.g. from
+    ``clip.load``), or a preprocess config dict. A model that records none, such as one from OpenAI's ``clip``
+    package, gets OpenAI's values, which its own preprocess uses.
     """
     mean, std = _find_normalization(source)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def image_normalization(source: Any, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`normalization_of` as float32 ``(1, C, 1, 1)`` tensors on ``device``: ``(pixels - mean) / std``."""
+    mean, std = normalization_of(source)
     shape = (1, -1, 1, 1)
     return (torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
             torch.tensor(std, dtype=torch.float32, device=device).view(shape))
 
 
 def _find_normalization(source: Any) -> tuple[Any, Any]:
+    from torchvision.transforms import Normalize, v2
+
     if isinstance(source, dict):
         return source.get("mean", OPENAI_MEAN), source.get("std", OPENAI_STD)
+    if isinstance(source, Normalize | v2.Normalize):
+        return source.mean, source.std
     module = getattr(source, "visual", source)  # open_clip keeps it on the image tower
     cfg = getattr(module, "preprocess_cfg", None) or {}
     mean, std = cfg.get("mean", getattr(module, "image_mean", None)), cfg.get("std", getattr(module, "image_std", None))
@@ -183,10 +194,8 @@ def _find_normalization(source: Any) -> tuple[Any, Any]:
         return mean, std
     if hasattr(source, "visual"):  # a CLIP model with no record of its preprocess: OpenAI's, as its preprocess
         return OPENAI_MEAN, OPENAI_STD
-    if hasattr(source, "mean") and hasattr(source, "std") and not callable(source.mean):  # torchvision Normalize
-        return source.mean, source.std
     for transform in reversed(getattr(source, "transforms", None) or ()):  # a Compose: its last Normalize
-        with contextlib.suppress(TypeError):
+        with contextlib.suppress(ValueError):
             return _find_normalization(transform)
-    raise TypeError(f"cannot tell the image mean/std of a {type(source).__name__}: pass a CLIP model, its "
-                    "preprocess transform, or a preprocess config dict")
+    raise ValueError(f"no Normalize transform in {source!r}, and it is neither a CLIP model nor a preprocess "
+                     "config: cannot tell its image mean/std")

@@ -1,7 +1,10 @@
 """``clipag run``: execute an unmodified CLIP script with ``clip`` resolving to clipag.
 
 Scripts do ``import clip`` (openai/CLIP) or ``from CLIP import clip`` (VQGAN-CLIP clones the repo as
-``CLIP/``). Pre-seeding ``sys.modules`` makes both imports find clipag before any file on disk.
+``CLIP/``). Pre-seeding ``sys.modules`` makes both imports find clipag before any file on disk. The
+same run can remap hard-coded CUDA (:mod:`clipag.device_remap`) and arm import stand-ins for
+dependencies that no longer build (:mod:`clipag.standins`); both act process-wide, so modules the
+script imports (CLIPDraw's drivers import ``predict.py``) are covered too.
 """
 
 from __future__ import annotations
@@ -12,19 +15,27 @@ import sys
 import types
 from typing import Any
 
-from . import loader, registry, tokenizer
+from . import device_remap, loader, registry, standins, tokenizer
 
 __all__ = ["clip_module", "install_clip_aliases", "run_script"]
 
 
 def clip_module(model: str | None = None) -> types.ModuleType:
-    """A module with OpenAI ``clip``'s public surface; with ``model``, every ``load`` loads that instead."""
+    """A module with OpenAI ``clip``'s public surface; with ``model``, every ``load`` loads that instead.
+
+    ``load``'s device goes through :func:`device_remap.remap_device`, so under ``--device cpu`` a
+    script's ``clip.load(name, 'cuda')`` gets the fp32 CPU model, as ``clip.load(name, 'cpu')`` would.
+    """
     module = types.ModuleType("clip", "clipag standing in for OpenAI's clip package")
 
-    def load(name: str, *args: Any, **kwargs: Any) -> Any:
+    def load(name: str, device: Any = None, *args: Any, **kwargs: Any) -> Any:
         if model is not None and name != model:
             print(f"[clipag] clip.load({name!r}) -> {model!r}", file=sys.stderr)
-        return loader.load(model or name, *args, **kwargs)
+        if device is None:  # OpenAI's default, decided at call time (after any --device patching)
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return loader.load(model or name, device_remap.remap_device(device), *args, **kwargs)
 
     load.__doc__ = loader.load.__doc__
     module.load, module.tokenize, module.available_models = load, tokenizer.tokenize, registry.available_models
@@ -48,10 +59,17 @@ def install_clip_aliases(model: str | None = None) -> types.ModuleType:
     return module
 
 
-def run_script(script: str, args: list[str], model: str | None = None) -> None:
-    """Run ``script`` as ``python script args...`` would: ``__main__``, ``sys.argv`` and ``sys.path[0]``."""
+def run_script(script: str, args: list[str], model: str | None = None, device: str | None = None,
+               standin_modes: dict[str, str] | None = None) -> None:
+    """Run ``script`` as ``python script args...`` would: ``__main__``, ``sys.argv`` and ``sys.path[0]``.
+
+    ``device`` remaps CUDA requests; ``standin_modes`` maps a stand-in name to auto/on/off (default auto).
+    """
     if not os.path.isfile(script):
         raise FileNotFoundError(f"no such script: {script}")
+    standins.install(standin_modes)
+    if device is not None:
+        device_remap.install(device)
     install_clip_aliases(model)
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))

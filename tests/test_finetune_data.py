@@ -3,6 +3,7 @@
 import logging
 from types import SimpleNamespace
 
+import pytest
 import torch
 from finetune_fixtures import make_csv, make_image_folder, make_shards
 
@@ -88,3 +89,34 @@ def test_csv_and_folder_sources(tmp_path):
     from clipag.tokenizer import tokenize
 
     assert torch.equal(batch["tokens"][batch["labels"] == 1][0], tokenize("a photo of a boat.", 16)[0])
+
+
+def test_more_workers_than_shards_lowers_the_workers_and_says_so(tmp_path, caplog):
+    from clipag.finetune.data import fit_workers
+
+    urls = make_shards(tmp_path / "shards", shards=2, per_shard=3)
+    source = build_source(_args(dataset_type="webdataset", train_data=urls), 32, 16)
+    with caplog.at_level(logging.WARNING, logger="clipag.finetune"):
+        assert fit_workers(source, world_size=1, workers=4) == 2
+    assert "2 shards cannot feed 1 rank(s) × 4 workers" in caplog.text and "using 2 worker(s)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clipag.finetune"):
+        assert fit_workers(source, world_size=1, workers=2) == 2  # enough shards: unchanged, nothing logged
+        assert fit_workers(source, world_size=1, workers=0) == 0  # loading in the main process: one slot
+        resampled = build_source(_args(dataset_type="webdataset", train_data=urls, dataset_resampled=True), 32, 16)
+        assert fit_workers(resampled, world_size=8, workers=4) == 4  # drawn with replacement: no limit
+        assert fit_workers(build_source(_args(), 32, 16), world_size=8, workers=4) == 4  # indexed sources
+    assert not caplog.text
+    (batch,) = _take(source, 1, batch=3, workers=2)  # the lowered count feeds a loader
+    assert batch["images"].shape == (3, 3, 32, 32)
+
+
+def test_fewer_shards_than_ranks_is_still_a_clear_error(tmp_path):
+    from clipag.finetune.data import fit_workers
+
+    urls = make_shards(tmp_path / "shards", shards=2, per_shard=3)
+    source = build_source(_args(dataset_type="webdataset", train_data=urls), 32, 16)
+    assert fit_workers(source, world_size=2, workers=4) == 1  # one shard per rank still works
+    for workers in (0, 4):
+        with pytest.raises(ValueError, match="2 shards cannot feed 4 ranks.*--dataset-resampled"):
+            fit_workers(source, world_size=4, workers=workers)

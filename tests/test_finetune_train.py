@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 import clipag
 from clipag.eval import eval_batches, evaluate, load_pixel_model, zero_shot_weights
 from clipag.finetune import train
+from clipag.finetune.checkpoint import find_latest
 
 FAST = ["--workers", "0", "--no-progress", "--log-every", "10", "--save-every", "1000", "--warmup", "5"]
 
@@ -147,6 +148,17 @@ def test_webdataset_training_counts_corrupt_samples(pretrained, tmp_path):
                     "--attack-steps", "1", "--batch-size", "8", "--steps", "4", "--log-every", "2",
                     "--output-dir", str(tmp_path / "run"), "--workers", "0", "--no-progress", "--no-export"])
     assert result.history[-1]["skipped_samples"] == 1 and result.export_dir is None
+
+
+def test_more_workers_than_shards_trains_with_fewer_workers(pretrained, tmp_path):
+    urls = make_shards(tmp_path / "shards", shards=2, per_shard=6)
+    out = tmp_path / "run"
+    train(["--pretrained", str(pretrained.export_dir), "--train-data", urls, "--epsilon", "0.5", "--attack-steps", "1",
+           "--batch-size", "4", "--steps", "2", "--output-dir", str(out), "--workers", "4", "--no-progress",
+           "--no-export"])
+    assert "2 shards cannot feed 1 rank(s) × 4 workers" in (out / "train.log").read_text()
+    _, state = find_latest(out)
+    assert state["data"]["workers"] == 2  # what resuming compares against
 
 
 def _digest(state: dict[str, torch.Tensor]) -> str:

@@ -197,7 +197,7 @@ def test_views_are_normalised_with_the_models_own_mean_and_std(tmp_path):
         assert torch.allclose(got_std.flatten(), torch.tensor(std))
     openai_mean, _ = image_normalization(tiny_model())  # a model with no preprocess record: OpenAI's, as its transform
     assert torch.allclose(openai_mean.flatten(), torch.tensor(OPENAI_MEAN))
-    with pytest.raises(TypeError, match="cannot tell the image mean/std"):
+    with pytest.raises(ValueError, match="no Normalize transform"):
         image_normalization(object())
 
 

@@ -208,24 +208,13 @@ def _run(out: Path, cfg: DemoConfig, log: Callable[[str], Any]) -> dict[str, Any
 
 def save_grid(path: Path, generated: dict[str, tuple[torch.Tensor, torch.Tensor]], zoom: int = 4) -> None:
     """One row per class prompt: the vanilla model's generations, a gap, then the robust model's."""
-    from PIL import Image, ImageDraw
-
-    from ..images import to_pil
+    from ..images import labelled_grid, to_pil
 
     names = list(generated)
     per_class = len(generated[names[0]][1]) // len(CLASSES)
+    cells = [[to_pil(image.unsqueeze(0)) for name in names
+              for image in generated[name][0][row * per_class:(row + 1) * per_class]] for row in range(len(CLASSES))]
     size = generated[names[0]][0].shape[-1] * zoom
-    label_width, gap, header = 96, 12, 20
-    width = label_width + len(names) * per_class * size + gap * (len(names) - 1)
-    grid = Image.new("RGB", (width, header + len(CLASSES) * size), "white")
-    draw = ImageDraw.Draw(grid)
-    for column, name in enumerate(names):
-        draw.text((label_width + column * (per_class * size + gap) + 4, 4), name, fill="black")
-    for row, cls in enumerate(CLASSES):
-        draw.text((4, header + row * size + size // 2 - 6), cls.name, fill="black")
-        for column, name in enumerate(names):
-            images = generated[name][0][row * per_class:(row + 1) * per_class]
-            for k, image in enumerate(images):
-                tile = to_pil(image.unsqueeze(0)).resize((size, size), Image.Resampling.NEAREST)
-                grid.paste(tile, (label_width + column * (per_class * size + gap) + k * size, header + row * size))
+    grid = labelled_grid(cells, [cls.name for cls in CLASSES], names, group_size=per_class, cell_size=size,
+                         label_width=96)
     grid.save(path, optimize=True)

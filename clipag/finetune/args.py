@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--train-num-samples", type=int, source="open_clip_train",
         help="samples in one epoch of webdataset data (needed with --epochs; used for epoch counting)")
     add(g, "--dataset-resampled", default=False, action="store_true", source="open_clip_train",
-        help="draw shards with replacement (infinite stream; needed when shards < ranks × workers)")
+        help="draw shards with replacement (infinite stream; needed when shards < ranks; with fewer shards than "
+             "ranks × workers, --workers is lowered instead)")
     add(g, "--train-data-upsampling-factors", source="open_clip_train: equal",
         help="'::'-separated sampling weights of the --train-data sources (with --dataset-resampled)")
     add(g, "--shuffle-window", type=int, default=1000, source="clipag: ~30 MB of JPEGs per worker",

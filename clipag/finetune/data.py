@@ -26,7 +26,7 @@ from ..eval import load_templates
 from ..tokenizer import tokenize
 from .synthetic import SyntheticImages
 
-__all__ = ["build_source", "Batches", "make_loader", "Position", "START"]
+__all__ = ["build_source", "fit_workers", "Batches", "make_loader", "Position", "START"]
 
 log = logging.getLogger("clipag.finetune")
 Position = tuple[int, int, int, int]  # (epoch, unit, window start, items emitted from the window)
@@ -52,6 +52,10 @@ class Source:
 
     def units(self, epoch: int, slot: int, num_slots: int) -> list[Any]:
         raise NotImplementedError
+
+    def max_slots(self) -> int | None:
+        """How many slots can each read something new per epoch; ``None``: any number."""
+        return None
 
     def read(self, unit: Any, start: int) -> Iterator[Any]:
         raise NotImplementedError
@@ -135,6 +139,9 @@ class WebDatasetSource(Source):
         self.resampled, self.window, self.num_samples = resampled, max(1, window), num_samples
         self.image_keys, self.caption_key = image_keys.split(";"), caption_key
 
+    def max_slots(self) -> int | None:
+        return None if self.resampled else len(self.shards)  # a shard is read whole by one slot
+
     def units(self, epoch: int, slot: int, num_slots: int) -> list[Any]:
         if self.resampled:  # one shard per "epoch" of a slot, drawn by source weight then uniformly
             rng = _rng(self.seed, "resample", slot, epoch)
@@ -174,6 +181,21 @@ def build_source(args: Any, image_size: int, context_length: int) -> Source:
         return CsvSource(args.train_data, args.csv_separator, args.csv_img_key, args.csv_caption_key, **kw)
     return WebDatasetSource(args.train_data, args.dataset_resampled, args.train_data_upsampling_factors,
                             args.shuffle_window, args.image_key, args.caption_key, args.train_num_samples, **kw)
+
+
+def fit_workers(source: Source, world_size: int, workers: int) -> int:
+    """The loader workers per rank ``source`` can feed: ``workers``, or fewer (with a warning) when there are
+    fewer shards than ranks × workers. Fewer shards than ranks is an error: no worker count fixes that."""
+    limit = source.max_slots()
+    if limit is None or limit >= world_size * max(1, workers):
+        return workers
+    if limit < world_size:
+        raise ValueError(f"{limit} shards cannot feed {world_size} ranks: each rank needs at least one shard; use "
+                         "more shards, fewer ranks, or --dataset-resampled")
+    fitted = limit // world_size
+    log.warning("%d shards cannot feed %d rank(s) × %d workers (a shard is read whole by one worker): using %d "
+                "worker(s) per rank; --dataset-resampled would keep %d", limit, world_size, workers, fitted, workers)
+    return fitted
 
 
 def slot_stream(source: Source, slot: int, num_slots: int, position: Position) -> Iterator[tuple[Item | None,

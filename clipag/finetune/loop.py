@@ -26,7 +26,7 @@ from ..tokenizer import tokenize
 from . import checkpoint, distributed
 from .args import parse_args
 from .build import Precision, create_model, epsilon_at, lr_at, param_groups
-from .data import build_source, make_loader
+from .data import build_source, fit_workers, make_loader
 from .export import export_model, push_to_hub
 from .losses import Objective
 from .step import AdversarialStep
@@ -103,6 +103,7 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
     pixel = PixelCLIP(model).to(d.device)  # the mean/std create_model attached
     context = int(model.context_length)
     source = build_source(args, model.visual.input_resolution, context)
+    args.workers = fit_workers(source, d.world_size, args.workers)  # fewer shards than workers: fewer workers
     global_batch = args.batch_size * args.accum_steps * d.world_size
     steps = args.steps
     if steps is None and args.epochs is not None:
