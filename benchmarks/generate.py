@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from clipag.generation import CLIP_MEAN, CLIP_STD, GenerateConfig, Generator, dynamic_threshold
+from clipag.generation import GenerateConfig, Generator, dynamic_threshold
 from clipag.model import build_model
+from clipag.registry import OPENAI_MEAN, OPENAI_STD  # the notebook hard-codes OpenAI's constants
 from clipag.tokenizer import tokenize
 
 PROMPT = "a lighthouse on a cliff at sunset"
@@ -92,7 +93,7 @@ class NotebookLoop:
         self.autocast = torch.autocast("cuda", dtype=torch.float16, enabled=d.type == "cuda")
         crop = round(128 / 224 * size)
         self.crop = transforms.Compose([transforms.RandomCrop(crop), transforms.Resize(size)])
-        self.norm = transforms.Normalize(CLIP_MEAN, CLIP_STD)
+        self.norm = transforms.Normalize(OPENAI_MEAN, OPENAI_STD)
         with torch.no_grad(), self.autocast:
             t = model.encode_text(tokenize([PROMPT]).to(d)).float()
             self.text = t / t.norm(dim=-1, keepdim=True)

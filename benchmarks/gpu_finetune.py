@@ -63,7 +63,7 @@ def bench(model_name: str, attack_steps: int, batch: int, iters: int, warmup: in
         if i == warmup:
             torch.cuda.synchronize(device)
             start = time.perf_counter()
-        loss, _ = step(images, tokens, labels, epsilon=1.5 if attack_steps else 0.0, generator=generator)
+        loss, *_ = step(images, tokens, labels, epsilon=1.5 if attack_steps else 0.0, generator=generator)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()

@@ -1,4 +1,7 @@
-"""``python -m clipag.eval``: zero-shot accuracy, clean and under PGD, on an image folder with class names.
+"""``python -m clipag.eval``: zero-shot accuracy, clean and under PGD, on labelled images.
+
+The data is read as ``clipag.finetune`` reads it (``clipag.datasets``): an image folder with class names, a
+CSV/TSV with a label column, webdataset shards with a class field, or the synthetic source.
 
 Models see pixels in [0, 1] and normalise inside the graph (:class:`PixelCLIP`), so ε is measured in
 pixel space exactly as in training (``clipag.finetune`` uses the same wrapper and the same attack).
@@ -9,6 +12,7 @@ pixel space exactly as in training (``clipag.finetune`` uses the same wrapper an
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -19,17 +23,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
+from . import datasets
 from .attacks import NORMS, pgd
-from .registry import OPENAI_MEAN, OPENAI_STD
 from .tokenizer import tokenize
 
-__all__ = ["PixelCLIP", "zero_shot_weights", "evaluate", "read_image_folder", "load_templates", "eval_batches",
+__all__ = ["PixelCLIP", "zero_shot_weights", "evaluate", "load_templates", "eval_batches",
            "parse_epsilon", "main"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
 def parse_epsilon(text: str) -> float:
@@ -44,12 +45,18 @@ class PixelCLIP(torch.nn.Module):
     the one call DDP wraps in training; ``encode_image``/``encode_text`` serve attacks and evaluation.
     """
 
-    def __init__(self, model: torch.nn.Module, mean: Sequence[float] = OPENAI_MEAN,
-                 std: Sequence[float] = OPENAI_STD) -> None:
+    def __init__(self, model: torch.nn.Module, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        """``mean``/``std`` default to the model's own preprocess config (:func:`clipag.model.image_normalization`)."""
+        from .model import image_normalization
+
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        model_mean, model_std = image_normalization(model)
+        mean = model_mean if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = model_std if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image((pixels - self.mean) / self.std)
@@ -79,51 +86,6 @@ def load_templates(spec: str) -> list[str]:
     return templates
 
 
-def read_image_folder(root: str | os.PathLike, classnames: str | os.PathLike | None = None) -> \
-        tuple[list[tuple[str, int]], list[str]]:
-    """``root/<class dir>/<image>`` → ``([(path, label)], classnames)``.
-
-    Class names come from ``classnames`` (or ``root/classnames.txt``): one line per class directory in
-    sorted order; otherwise the directory names, with ``_`` read as a space.
-    """
-    root = Path(root)
-    dirs = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not dirs:
-        raise FileNotFoundError(f"{root}: no class directories (expected root/<class>/<image files>)")
-    names_file = Path(classnames) if classnames else root / "classnames.txt"
-    if names_file.is_file():
-        names = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if len(names) != len(dirs):
-            raise ValueError(f"{names_file}: {len(names)} class names for {len(dirs)} class directories")
-    else:
-        names = [d.replace("_", " ") for d in dirs]
-    samples = [(str(p), label) for label, d in enumerate(dirs) for p in sorted((root / d).rglob("*"))
-               if p.suffix.lower() in IMAGE_EXTENSIONS]
-    return samples, names
-
-
-class _FolderEval(torch.utils.data.Dataset):
-    """Eval transform: bicubic resize of the short side, centre crop, [0,1] tensor; unreadable → None."""
-
-    def __init__(self, samples: list[tuple[str, int]], size: int) -> None:
-        from torchvision import transforms as T
-
-        self.samples = samples
-        self.transform = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
-                                    T.ToTensor()])
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
-        path, label = self.samples[i]
-        try:
-            with Image.open(path) as img:
-                return self.transform(img.convert("RGB")), label
-        except (OSError, ValueError, SyntaxError):
-            return None
-
-
 def _collate(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
     kept = [x for x in items if x is not None]
     if not kept:
@@ -131,14 +93,31 @@ def _collate(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor
     return torch.stack([x[0] for x in kept]), torch.tensor([x[1] for x in kept]), len(items) - len(kept)
 
 
-def eval_batches(data: str, image_size: int, batch_size: int, samples: int | None = None, seed: int = 0,
-                 workers: int = 0, classnames: str | None = None, synthetic_classes: int = 10) -> \
-        tuple[Iterable[tuple[torch.Tensor, torch.Tensor, int]], list[str], int]:
-    """``(batches of (pixels, labels, skipped), classnames, sample count)`` for a folder or ``synthetic``.
+def _first(batches: Iterable[tuple[torch.Tensor, torch.Tensor, int]], n: int) -> \
+        Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """The first ``n`` samples of a stream of batches (webdataset shards have no random access)."""
+    seen = 0
+    for pixels, labels, skipped in batches:
+        take = min(len(labels), n - seen)
+        yield pixels[:take], labels[:take], skipped
+        seen += take + skipped
+        if seen >= n:
+            return
 
-    ``samples`` takes a fixed, seeded random subset, so evaluations during training are comparable.
+
+def eval_batches(data: str, image_size: int, batch_size: int, samples: int | None = None, seed: int = 0,
+                 workers: int = 0, classnames: str | None = None, synthetic_classes: int = 10, *,
+                 dataset_type: str = "auto", csv_separator: str | None = None, csv_img_key: str = "filepath",
+                 csv_label_key: str = "label", image_key: str = "jpg;jpeg;png;webp", label_key: str = "cls") -> \
+        tuple[Iterable[tuple[torch.Tensor, torch.Tensor, int]], list[str], int | None]:
+    """``(batches of (pixels, labels, skipped), classnames, sample count)`` for ``synthetic``, an image folder,
+    a CSV/TSV with a label column, or webdataset shards with a class field (count ``None`` if unknown).
+
+    ``samples`` takes a fixed, seeded random subset (the first ``samples`` of a webdataset stream), so
+    evaluations during training are comparable. Unreadable images are skipped and reported as in training.
     """
-    if data == "synthetic":
+    kind = datasets.guess_dataset_type(data) if dataset_type == "auto" else dataset_type
+    if kind == "synthetic":
         from .finetune.synthetic import EVAL_INDEX_OFFSET, SyntheticImages
 
         source = SyntheticImages(synthetic_classes, image_size)
@@ -150,13 +129,28 @@ def eval_batches(data: str, image_size: int, batch_size: int, samples: int | Non
                 yield torch.stack([x[0] for x in items]), torch.tensor([x[2] for x in items]), 0
 
         return synthetic(), source.classnames, n
-    folder, names = read_image_folder(data, classnames)
-    if samples is not None and samples < len(folder):
-        order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed))[:samples]
-        folder = [folder[i] for i in sorted(order.tolist())]
-    loader = torch.utils.data.DataLoader(_FolderEval(folder, image_size), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=_collate)
-    return loader, names, len(folder)
+    if kind == "webdataset":
+        if not classnames:
+            raise ValueError("webdataset evaluation needs --classnames FILE: the class field holds indices or names "
+                             "of those classes")
+        names = datasets.read_classnames(classnames)
+        shards = datasets.LabelledShards(data, image_size, image_key, label_key, names)
+        loader = torch.utils.data.DataLoader(shards, batch_size=batch_size, collate_fn=_collate,
+                                             num_workers=min(workers, len(shards.shards)))
+        return (_first(loader, samples) if samples else loader), names, samples
+    if kind == "csv":
+        dataset, names = datasets.LabelledImages.from_csv(data, image_size, csv_separator, csv_img_key, csv_label_key,
+                                                          classnames)
+    elif kind == "folder":
+        folder, names = datasets.read_image_folder(data, classnames)
+        dataset = datasets.LabelledImages(folder, image_size)
+    else:
+        raise ValueError(f"unknown dataset type {kind!r}; one of {', '.join(datasets.DATASET_TYPES)}")
+    if samples is not None and samples < len(dataset):
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:samples]
+        dataset.samples = [dataset.samples[i] for i in sorted(order.tolist())]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    return loader, names, len(dataset)
 
 
 @torch.no_grad()
@@ -236,9 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="registry name, hf-hub: id, Hub-layout folder (e.g. a "
                                                   "clipag.finetune export) or checkpoint file")
-    p.add_argument("--data", required=True, help="image folder root/<class>/<images>, or 'synthetic'")
-    p.add_argument("--classnames", default=None, help="one class name per line, in sorted directory order "
-                                                      "(default: root/classnames.txt, else directory names)")
+    p.add_argument("--data", required=True, help="image folder root/<class>/<images>, a CSV/TSV with image paths "
+                                                 "and labels, webdataset shards with a class field, or 'synthetic'")
+    p.add_argument("--dataset-type", default="auto", choices=datasets.DATASET_TYPES, help="how to read --data (auto: "
+                                                                                 "guessed as clipag.finetune does)")
+    p.add_argument("--classnames", default=None, help="one class name per line: in sorted directory order for a "
+                                                      "folder (default: root/classnames.txt, else directory names), "
+                                                      "in index order for numeric CSV labels or webdataset classes")
+    p.add_argument("--csv-separator", default=None, help="CSV/TSV column separator (default: tab for .tsv, comma "
+                                                         "otherwise)")
+    p.add_argument("--csv-img-key", default="filepath", help="CSV column with image paths (relative to the file)")
+    p.add_argument("--csv-label-key", default="label", help="CSV column with class names (or indices into "
+                                                            "--classnames)")
+    p.add_argument("--image-key", default="jpg;jpeg;png;webp", help="webdataset image extensions, first present wins")
+    p.add_argument("--label-key", default="cls", help="webdataset class field (an index into --classnames, or a "
+                                                      "class name)")
     p.add_argument("--templates", default="simple",
                    help="prompt templates: simple (open_clip's 7), openai (OpenAI's 80), a file, or one '{}' string")
     p.add_argument("--norm", choices=NORMS, default="linf", help="threat model (FARE/TeCoA evaluate L∞)")
@@ -251,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None, help="evaluate a seeded random subset of this size")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: one per "
+                                                             "core; 1 is ~3x faster for 32 px toy models)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast dtype for the image tower (fp32 weights either way)")
@@ -264,29 +272,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_pixel_model(name: str, device: torch.device | str) -> PixelCLIP:
     """Any name ``clipag.load`` takes, as an fp32 :class:`PixelCLIP` using the model's own mean/std."""
-    from .model import build_model, load_weights
+    from .model import attach_preprocess, build_model, load_weights
     from .weights import resolve
 
     resolved = resolve(name)
     model = build_model(resolved.config, initialize=False)
     load_weights(model, resolved.state_dict, resolved.source)
-    return PixelCLIP(model, resolved.preprocess.get("mean", OPENAI_MEAN),
-                     resolved.preprocess.get("std", OPENAI_STD)).to(device).eval().requires_grad_(False)
+    attach_preprocess(model, resolved.preprocess)
+    return PixelCLIP(model).to(device).eval().requires_grad_(False)
 
 
 def main(argv: list[str] | None = None) -> int:
     from .metrics import MetricsWriter
 
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(format="%(levelname)s %(message)s")  # skipped samples are reported, as in training
     model = load_pixel_model(args.model, args.device)
-    batches, classnames, total = eval_batches(args.data, model.model.visual.input_resolution, args.batch_size,
-                                              args.samples, args.seed, args.workers, args.classnames,
-                                              args.synthetic_classes)
+    batches, classnames, total = eval_batches(
+        args.data, model.model.visual.input_resolution, args.batch_size, args.samples, args.seed, args.workers,
+        args.classnames, args.synthetic_classes, dataset_type=args.dataset_type, csv_separator=args.csv_separator,
+        csv_img_key=args.csv_img_key, csv_label_key=args.csv_label_key, image_key=args.image_key,
+        label_key=args.label_key)
     weights = zero_shot_weights(model, classnames, load_templates(args.templates), args.device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     result = evaluate(model, batches, weights, args.norm, args.epsilon, args.attack_steps, args.attack_step_size,
                       args.device, dtype, args.seed, total, progress=not args.no_progress)
     result = {"model": args.model, "data": args.data, "attack_steps": args.attack_steps, **result}
+    if not result["samples"]:
+        raise SystemExit(f"{args.data}: no image could be read ({result['skipped']} skipped); nothing was evaluated")
     writer = MetricsWriter(args.output, args.tensorboard)
     writer.write(result)
     writer.close()

@@ -26,6 +26,7 @@ from PIL import Image
 
 from . import augment as A
 from .images import to_pil
+from .model import image_normalization
 from .prior import Prior, default_prior_path, upsample
 from .speed import input_grad_mode
 
@@ -33,8 +34,6 @@ __all__ = ["GenerateConfig", "GenerationResult", "GenerationInterrupted", "Gener
            "generate",
            "generate_result", "dynamic_threshold"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 INITS = ("auto", "noise", "gray", "dark")
 
 
@@ -54,7 +53,7 @@ class GenerateConfig(A.AugmentParams):
     noise: float = 0.01  # std of the pixel noise added to every view
     rejection: float = 0.0  # zero the patch losses below this quantile (0 = off, as the notebook's default)
     threshold: float = 0.95  # dynamic-thresholding percentile; 0 = plain clamp to [0, 1]
-    normalize: bool = True  # CLIP mean/std normalization of the views
+    normalize: bool = True  # normalise the views with the model's own mean/std (its preprocess config)
     # DiffAugment's ranges are inherited from clipag.augment.AugmentParams
     # Start image and canvas
     size: int | None = None  # canvas side; None = the model's input resolution
@@ -187,8 +186,7 @@ class Generator:
         self.canvas_size()  # refuse a bad size now, not after the prompt is encoded
         self._encode_image = _compiled(self.model.encode_image, self.device) if self.config.compile \
             else self.model.encode_image
-        self._mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
+        self._mean, self._std = image_normalization(self.model, self.device)  # the model's own preprocess
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:

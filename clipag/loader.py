@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .model import CLIP, CustomTextCLIP, build_model, load_weights, make_preprocess
+from .model import CLIP, CustomTextCLIP, attach_preprocess, build_model, load_weights, make_preprocess
 from .weights import resolve
 
 __all__ = ["load"]
@@ -42,4 +42,5 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
     model = build_model(resolved.config, precision=precision or _default_precision(device), initialize=False)
     load_weights(model, resolved.state_dict, resolved.source)
     model.to(device)
+    attach_preprocess(model, resolved.preprocess)  # generation and adapters read mean/std from the model
     return model, make_preprocess(model.visual.input_resolution, resolved.preprocess)

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-__all__ = ["CLIP", "CustomTextCLIP", "build_model", "load_weights", "make_preprocess", "normalization_of",
-           "WeightsMismatchError"]
+from .registry import OPENAI_MEAN, OPENAI_STD
+
+__all__ = ["CLIP", "CustomTextCLIP", "build_model", "load_weights", "make_preprocess", "attach_preprocess",
+           "normalization_of", "image_normalization", "WeightsMismatchError"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -145,15 +147,55 @@ def make_preprocess(image_size: int, preprocess_cfg: dict[str, Any] | None = Non
     return image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in known}), is_train=False)
 
 
-def normalization_of(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` of the ``Normalize`` inside a ``clip.load`` preprocess transform.
+def attach_preprocess(model: torch.nn.Module, preprocess_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Record the preprocess config on the model, where open_clip keeps it (``model.visual.preprocess_cfg``).
 
-    Pixel-space optimizers (generation, the adapters) normalise their own views; reading the constants
-    from the model's preprocess keeps them right for models that are not normalised like OpenAI's.
+    Code that is handed only the model (generation, the adapters, eval) then normalises its pixels with the
+    model's own mean/std. Missing fields get OpenAI's values, as :func:`make_preprocess` does.
     """
-    from torchvision.transforms import Normalize
+    cfg = {"mean": OPENAI_MEAN, "std": OPENAI_STD, **(preprocess_cfg or {}), "size": model.visual.input_resolution}
+    cfg["mean"], cfg["std"] = tuple(cfg["mean"]), tuple(cfg["std"])
+    open_clip.set_model_preprocess_cfg(model, cfg)
+    return cfg
 
-    for transform in getattr(preprocess, "transforms", [preprocess]):
-        if isinstance(transform, Normalize):
-            return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
-    raise ValueError(f"no Normalize transform in {preprocess!r}")
+
+def normalization_of(source: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` a model's images are normalised with: what pixel-space optimizers (generation, the adapters)
+    apply to their own views, so a model not normalised like OpenAI's is fed what it was trained on.
+
+    ``source`` is a model (its ``visual.preprocess_cfg``, set by :func:`clipag.load` and open_clip, or the
+    legacy ``visual.image_mean``/``image_std``), a preprocess transform (its ``Normalize``, e.g. from
+    ``clip.load``), or a preprocess config dict. A model that records none, such as one from OpenAI's ``clip``
+    package, gets OpenAI's values, which its own preprocess uses.
+    """
+    mean, std = _find_normalization(source)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def image_normalization(source: Any, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`normalization_of` as float32 ``(1, C, 1, 1)`` tensors on ``device``: ``(pixels - mean) / std``."""
+    mean, std = normalization_of(source)
+    shape = (1, -1, 1, 1)
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
+            torch.tensor(std, dtype=torch.float32, device=device).view(shape))
+
+
+def _find_normalization(source: Any) -> tuple[Any, Any]:
+    from torchvision.transforms import Normalize, v2
+
+    if isinstance(source, dict):
+        return source.get("mean", OPENAI_MEAN), source.get("std", OPENAI_STD)
+    if isinstance(source, Normalize | v2.Normalize):
+        return source.mean, source.std
+    module = getattr(source, "visual", source)  # open_clip keeps it on the image tower
+    cfg = getattr(module, "preprocess_cfg", None) or {}
+    mean, std = cfg.get("mean", getattr(module, "image_mean", None)), cfg.get("std", getattr(module, "image_std", None))
+    if mean is not None and std is not None:
+        return mean, std
+    if hasattr(source, "visual"):  # a CLIP model with no record of its preprocess: OpenAI's, as its preprocess
+        return OPENAI_MEAN, OPENAI_STD
+    for transform in reversed(getattr(source, "transforms", None) or ()):  # a Compose: its last Normalize
+        with contextlib.suppress(ValueError):
+            return _find_normalization(transform)
+    raise ValueError(f"no Normalize transform in {source!r}, and it is neither a CLIP model nor a preprocess "
+                     "config: cannot tell its image mean/std")

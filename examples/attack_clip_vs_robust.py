@@ -20,7 +20,7 @@ from torchvision.transforms import Compose
 
 import clipag as clip
 from clipag.attacks import pgd
-from clipag.eval import read_image_folder
+from clipag.datasets import read_image_folder
 
 
 def attacked_accuracy(name, samples, classnames, template, norm, epsilons, steps, seed, batch_size, device):

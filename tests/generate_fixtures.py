@@ -24,14 +24,15 @@ def tiny_model(size: int = 32, seed: int = 0) -> torch.nn.Module:
     return build_model(config)
 
 
-def save_hub_folder(folder: Path, size: int = 32, seed: int = 0) -> Path:
+def save_hub_folder(folder: Path, size: int = 32, seed: int = 0, preprocess_cfg: dict | None = None) -> Path:
     """A Hub-layout folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) ``clipag.load`` reads."""
     from safetensors.torch import save_file
 
     config = json.loads(json.dumps(TINY_32))
     config["vision_cfg"]["image_size"] = size
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": {}}))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config,
+                                                                     "preprocess_cfg": preprocess_cfg or {}}))
     state = {k: v.contiguous() for k, v in tiny_model(size, seed).state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
     return folder

@@ -60,3 +60,12 @@ def test_judge_is_not_fooled_by_blank_or_noise(demo):
     assert judge["real_images"] >= 0.95
     for key in ("blank_gray", "blank_black", "start_images", "noise"):
         assert judge[key] <= chance, key
+
+
+def test_the_collapse_watch_stays_quiet_on_the_demos_healthy_runs(demo):
+    out, _ = demo
+    for name in ("vanilla", "robust"):
+        records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+        assert records[-1]["event"] == "done" and records[-1]["not_learning"] is None, name
+        assert all(r["not_learning"] == 0 for r in records if "loss" in r), name
+        assert "NOT LEARNING" not in (out / name / "train.log").read_text(), name

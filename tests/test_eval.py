@@ -1,6 +1,10 @@
-"""``python -m clipag.eval``: zero-shot accuracy clean and under PGD on an image folder, JSONL + TensorBoard."""
+"""``python -m clipag.eval``: zero-shot accuracy, clean and under PGD, on folders, CSV/TSV and shards."""
 
+import contextlib
+import csv
 import json
+import logging
+import os
 import subprocess
 import sys
 
@@ -8,7 +12,8 @@ import pytest
 import torch
 from finetune_fixtures import TEST_CONFIG, make_image_folder
 
-from clipag.eval import PixelCLIP, _eps_name, evaluate, load_templates, read_image_folder, zero_shot_weights
+from clipag.datasets import read_image_folder
+from clipag.eval import PixelCLIP, _eps_name, eval_batches, evaluate, load_templates, zero_shot_weights
 from clipag.finetune.export import export_model
 from clipag.model import build_model
 
@@ -61,3 +66,115 @@ def test_helpers(tmp_path):
     model = PixelCLIP(build_model(TEST_CONFIG))
     weights = zero_shot_weights(model, names, ["a {}.", "the {}."], "cpu")
     assert weights.shape == (2, 32) and torch.allclose(weights.norm(dim=-1), torch.ones(2))
+
+
+@contextlib.contextmanager
+def data_warnings():
+    """Warnings of ``clipag.data`` (the readers finetune and eval share), whatever handlers a run installed."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("clipag.data")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def _labelled_csv(tmp_path, root, extra_rows=()):
+    samples, names = read_image_folder(root)
+    path = tmp_path / "labels.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filepath", "title", "label"])
+        for file, label in samples:
+            writer.writerow([os.path.relpath(file, tmp_path), f"a photo of a {names[label]}.", names[label]])
+        writer.writerows(extra_rows)
+    return path
+
+
+def test_eval_reads_a_csv_with_labels_exactly_as_the_folder(tmp_path, tiny_export):
+    from clipag.eval import load_pixel_model
+
+    root = make_image_folder(tmp_path / "val", per_class=3, classes=3)
+    path = _labelled_csv(tmp_path, root, [["val/boat/missing.png", "a photo of a boat.", "boat"]])
+    model = load_pixel_model(str(tiny_export), "cpu")
+    results = []
+    with data_warnings() as warned:
+        for data in (str(root), str(path)):
+            batches, names, total = eval_batches(data, 32, 4)
+            weights = zero_shot_weights(model, names, ["a photo of a {}."], "cpu")
+            results.append(evaluate(model, batches, weights, "l2", [0.5], steps=2, total=total, progress=False))
+    folder, table = results
+    assert table["samples"] == folder["samples"] == 9 and table["skipped"] == 1
+    assert table["clean_acc"] == folder["clean_acc"] and table["robust_acc/l2_0.5"] == folder["robust_acc/l2_0.5"]
+    (message,) = [r.getMessage() for r in warned]
+    assert message.startswith("skipping undecodable image ") and "missing.png (FileNotFoundError" in message
+
+
+def test_eval_cli_on_a_tsv_with_class_indices_and_threads(tmp_path, tiny_export, capsys):
+    from clipag.eval import main
+
+    root = make_image_folder(tmp_path / "val", per_class=2, classes=2)
+    samples, _ = read_image_folder(root)
+    (tmp_path / "labels.tsv").write_text("filepath\tlabel\n" + "".join(f"{f}\t{y}\n" for f, y in samples))
+    (tmp_path / "names.txt").write_text("red apple\nsail boat\n")
+    argv = ["--model", str(tiny_export), "--data", str(tmp_path / "labels.tsv"), "--epsilon", "--workers", "0",
+            "--threads", "1", "--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="are class indices; pass the class names with --classnames"):
+            main(argv)
+        assert main([*argv, "--classnames", str(tmp_path / "names.txt")]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "samples: 4" in out and "skipped: 0" in out
+
+
+def test_finetune_and_eval_reject_the_same_bad_csv_rows_alike(tmp_path):
+    from clipag.datasets import LabelledImages
+    from clipag.finetune.data import CsvSource
+
+    root = make_image_folder(tmp_path / "val", per_class=1, classes=2)
+    path = _labelled_csv(tmp_path, root, [["val/apple/0000.png", "a photo, unquoted", "apple", "extra"],
+                                          ["val/boat/0001.png"]])
+    kw = dict(image_size=32, context_length=16, seed=0, augment=False)
+    errors = []
+    for read in (lambda: CsvSource(str(path), None, "filepath", "title", **kw),
+                 lambda: LabelledImages.from_csv(str(path), 32, None, "filepath", "label", None)):
+        with pytest.raises(ValueError, match=r"2 malformed row\(s\) \(line 4, 5\)") as error:
+            read()
+        errors.append(str(error.value).split(": a missing")[0])
+    assert errors[0] == errors[1]
+    with pytest.raises(ValueError, match=r"needs column\(s\) 'klass' \(--csv-label-key\)"):
+        LabelledImages.from_csv(str(path), 32, None, "filepath", "klass", None)
+    with pytest.raises(ValueError, match=r"needs column\(s\) 'caption' \(--csv-caption-key\)"):
+        CsvSource(str(path), None, "filepath", "caption", **kw)
+
+
+def test_eval_reads_webdataset_shards_with_a_class_field(tmp_path, tiny_export):
+    import webdataset as wds
+    from finetune_fixtures import png
+
+    from clipag.finetune.synthetic import SyntheticImages
+
+    source = SyntheticImages(3, 32)
+    with wds.TarWriter(str(tmp_path / "00000.tar")) as sink:
+        for i in range(7):
+            pixels, _, label = source.item(i)
+            record = {"__key__": f"{i:05d}", "png": png(pixels), "cls": str(label)}
+            if i == 6:
+                del record["cls"]
+            sink.write(record)
+    (tmp_path / "names.txt").write_text("\n".join(source.classnames))
+    with data_warnings() as warned:
+        batches, names, _ = eval_batches(str(tmp_path / "00000.tar"), 32, 4, classnames=str(tmp_path / "names.txt"))
+        seen = [(labels.tolist(), skipped) for _, labels, skipped in batches]
+    assert names == source.classnames
+    assert seen == [([0, 1, 2, 0], 0), ([1, 2], 1)]
+    assert [r.getMessage().split(": ")[-1] for r in warned] == ["no image (jpg/jpeg/png/webp) or label (cls)"]
+    first, _, _ = eval_batches(str(tmp_path / "00000.tar"), 32, 4, samples=3, classnames=str(tmp_path / "names.txt"))
+    assert sum(len(labels) for _, labels, _ in first) == 3

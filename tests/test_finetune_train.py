@@ -58,6 +58,13 @@ def test_pretraining_from_scratch_learns(pretrained):
     records = [json.loads(line) for line in (pretrained.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(10, 81, 10))
     assert records[-1]["event"] == "done" and records[-1]["replicas_identical"]
+    # a healthy run: the collapse watch stays quiet, and its signals show the embeddings spreading out
+    assert pretrained.not_learning is None and records[-1]["not_learning"] is None
+    assert all(r["not_learning"] == 0 for r in records if "loss" in r)
+    logged = [r for r in records if "loss" in r]
+    assert logged[-1]["image_similarity"] < 0.5 < logged[0]["image_similarity"]
+    log = (pretrained.output_dir / "train.log").read_text()
+    assert "objective contrastive, clean training: no attack (ε = 0)" in log and "NOT LEARNING" not in log
 
 
 def test_adversarial_finetuning_lowers_attack_success(pretrained, tmp_path):
@@ -69,6 +76,9 @@ def test_adversarial_finetuning_lowers_attack_success(pretrained, tmp_path):
     assert start_success > 0.3  # the clean model is easy to fool ...
     assert success < start_success - 0.2  # ... the finetuned one much less
     assert clean > 0.85
+    assert result.not_learning is None
+    assert ("adversarial training: 3-step l2 PGD at ε=1, ε ramped from 0 over the first 50% of steps"
+            in (tmp_path / "adv" / "train.log").read_text())
     epsilons = [r["epsilon"] for r in result.history]
     assert epsilons[0] < 0.5 and epsilons[-1] == 1.0  # the ramp
     frozen = load_file(str(pretrained.export_dir / "open_clip_model.safetensors"))

@@ -168,6 +168,39 @@ def test_a_plain_open_clip_model_object_works():
     assert r.image.size == (32, 32) and r.steps_done == 2
 
 
+def test_views_are_normalised_with_the_models_own_mean_and_std(tmp_path):
+    """A model whose preprocess config is not OpenAI's: generation, the preprocess transform and eval all use it."""
+    import torch.nn.functional as F
+
+    from clipag.eval import load_pixel_model
+    from clipag.model import image_normalization
+    from clipag.registry import OPENAI_MEAN, OPENAI_STD
+
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    folder = save_hub_folder(tmp_path / "model", preprocess_cfg={"mean": mean, "std": std})
+    loaded, preprocess = clipag.load(str(folder), device="cpu")
+    views = torch.rand(3, 3, 32, 32)
+
+    def encode(m, s):
+        with torch.no_grad():
+            return F.normalize(loaded.encode_image((views - torch.tensor(m).view(1, 3, 1, 1)) /
+                                                   torch.tensor(s).view(1, 3, 1, 1)), dim=-1)
+
+    for source in (loaded, str(folder)):  # a loaded model, or a name generation loads itself
+        with torch.no_grad():
+            ours = Generator(source, prior=None)._encode(views)
+        assert torch.allclose(ours, encode(mean, std), atol=1e-5)
+        assert not torch.allclose(ours, encode(OPENAI_MEAN, OPENAI_STD), atol=1e-2)  # the constant matters
+    for source in (loaded, preprocess, {"mean": mean, "std": std}, load_pixel_model(str(folder), "cpu").model):
+        got_mean, got_std = image_normalization(source)
+        assert got_mean.shape == (1, 3, 1, 1) and torch.allclose(got_mean.flatten(), torch.tensor(mean))
+        assert torch.allclose(got_std.flatten(), torch.tensor(std))
+    openai_mean, _ = image_normalization(tiny_model())  # a model with no preprocess record: OpenAI's, as its transform
+    assert torch.allclose(openai_mean.flatten(), torch.tensor(OPENAI_MEAN))
+    with pytest.raises(ValueError, match="no Normalize transform"):
+        image_normalization(object())
+
+
 def test_a_long_prompt_is_cut_with_a_warning(model):
     with pytest.warns(UserWarning, match="longer than 77 tokens"):
         r = generate_result("a very long prompt " * 30, model=model, steps=1, **FAST)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from ..attacks import NORMS
+from ..datasets import DATASET_TYPES, guess_dataset_type
 from ..eval import parse_epsilon
 
 __all__ = ["build_parser", "parse_args", "OBJECTIVES", "DATASET_TYPES", "PRECISIONS"]
 
 OBJECTIVES = ("contrastive", "fare", "tecoa")
-DATASET_TYPES = ("auto", "webdataset", "csv", "folder", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FINETUNE_LR = 1e-5  # FARE's, for pretrained weights
+SCRATCH_LR = 1e-3  # measured here for the bundled 32 px configs, pretrained from scratch (docs/finetune.md)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -111,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--steps", type=int, default=None, source="FARE: 20000", help="optimiser steps (or use --epochs)")
     add(g, "--epochs", type=float, default=None, source="open_clip_train",
         help="alternative to --steps, with the dataset size (or --train-num-samples)")
-    add(g, "--lr", type=float, default=1e-5, source="FARE", help="peak learning rate")
+    add(g, "--lr", type=float, default=None, shown=f"{FINETUNE_LR:g} finetuning --pretrained weights, {SCRATCH_LR:g} "
+        "from scratch", source="FARE; from scratch: measured here (docs/finetune.md)", help="peak learning rate")
     add(g, "--wd", type=float, default=1e-4, source="FARE", help="AdamW weight decay (not on norms, biases, "
         "logit scale, or any <2-D tensor)")
     add(g, "--beta1", type=float, default=0.9, source="open_clip_train (ViT)", help="AdamW β1")
@@ -135,9 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--log-every", type=int, default=10, source="clipag", help="write metrics every N steps")
     add(g, "--tensorboard", default=False, action="store_true", source="clipag",
         help="also log to OUTPUT_DIR/tensorboard")
+    add(g, "--collapse-window", type=int, default=None, source="clipag: max(50, 5%% of --steps)",
+        help="steps (after warmup) that loss and accuracy must sit at chance, or embeddings collapse, before the "
+             "'not learning' warning; it never stops the run")
     add(g, "--no-progress", dest="progress", default=True, action="store_false", shown="bar shown on rank 0",
         source="clipag", help="hide the progress bar")
-    add(g, "--eval-data", source="clipag", help="image folder (or 'synthetic') for zero-shot evaluation")
+    add(g, "--eval-data", source="clipag", help="labelled images for zero-shot evaluation, read as python -m "
+        "clipag.eval reads --data: an image folder, a CSV/TSV with a 'label' column, or 'synthetic'")
     add(g, "--eval-every", type=int, default=0, source="clipag", help="evaluate every N steps; 0 = at the end only")
     add(g, "--eval-samples", type=int, default=1000, source="clipag", help="seeded subset of --eval-data")
     add(g, "--eval-norm", default=None, choices=NORMS, source="--norm", help="threat model of the evaluation")
@@ -164,8 +170,10 @@ def parse_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Name
         if key not in known:
             raise TypeError(f"unknown finetune option {key!r}")
         setattr(args, key, value)
+    if args.lr is None:  # FARE's 1e-5 suits pretrained weights; from random weights it barely moves in a CPU run
+        args.lr = FINETUNE_LR if args.pretrained not in (None, "none") else SCRATCH_LR
     if args.dataset_type == "auto":
-        args.dataset_type = _guess_type(args.train_data)
+        args.dataset_type = guess_dataset_type(args.train_data)
     if args.dataset_type != "synthetic" and not args.train_data:
         parser.error(f"--train-data is required with --dataset-type {args.dataset_type}")
     if args.objective == "fare" and args.unlock_text:
@@ -174,16 +182,6 @@ def parse_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Name
         parser.error("--epsilon must be >= 0 and --epsilon-warmup in [0, 1]")
     if args.batch_size < 1 or args.accum_steps < 1:
         parser.error("--batch-size and --accum-steps must be >= 1")
+    if args.collapse_window is not None and args.collapse_window < 1:
+        parser.error("--collapse-window must be >= 1")
     return args
-
-
-def _guess_type(data: str | None) -> str:
-    if not data:
-        return "synthetic"
-    if ".tar" in data or "{" in data or "::" in data or data.startswith(("pipe:", "http://", "https://", "s3://")):
-        return "webdataset"
-    if data.endswith((".csv", ".tsv")):
-        return "csv"
-    if os.path.isdir(data):
-        return "folder"
-    raise SystemExit(f"cannot tell the dataset type of {data!r}; pass --dataset-type")

@@ -11,8 +11,7 @@ from typing import Any
 import open_clip
 import torch
 
-from ..model import build_model, load_weights
-from ..registry import OPENAI_MEAN, OPENAI_STD
+from ..model import attach_preprocess, build_model, load_weights
 
 __all__ = ["model_config", "create_model", "param_groups", "lr_at", "epsilon_at", "Precision", "BUNDLED_CONFIGS"]
 
@@ -55,9 +54,7 @@ def create_model(args: Any) -> tuple[torch.nn.Module, dict[str, Any], dict[str, 
         if args.force_quick_gelu:
             config["quick_gelu"] = True
         model = build_model(config)
-    preprocess.setdefault("mean", list(OPENAI_MEAN))
-    preprocess.setdefault("std", list(OPENAI_STD))
-    preprocess["size"] = model.visual.input_resolution
+    preprocess = attach_preprocess(model, preprocess)  # OpenAI's mean/std unless the weights say otherwise
     model.requires_grad_(False)
     model.visual.requires_grad_(True)
     if args.unlock_text:  # pretraining: text tower, logit scale (and bias) train too

@@ -10,10 +10,8 @@ Corrupt samples (undecodable images, missing captions, broken tar members) are s
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
-import math
 import random
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -23,7 +21,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..eval import load_templates, read_image_folder
+from ..datasets import decode_image, image_bytes, read_csv, read_image_folder, tar_records
+from ..eval import load_templates
 from ..tokenizer import tokenize
 from .synthetic import SyntheticImages
 
@@ -38,33 +37,6 @@ Item = tuple[torch.Tensor, torch.Tensor, int]  # pixels in [0,1], tokens, label 
 def _rng(*parts: Any) -> random.Random:
     """A generator seeded by a string: sha512-based, so identical in every process (unlike ``hash``)."""
     return random.Random("-".join(map(str, parts)))
-
-
-def _crop_box(width: int, height: int, rng: random.Random, scale: tuple[float, float] = (0.9, 1.0),
-              ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box ``(top, left, h, w)``, drawn from ``rng`` rather than torch's global RNG."""
-    for _ in range(10):
-        area = width * height * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    side = min(width, height)
-    return (height - side) // 2, (width - side) // 2, side, side
-
-
-def to_pixels(image: Image.Image, size: int, rng: random.Random | None) -> torch.Tensor:
-    """An RGB image as a ``size``² tensor in [0,1]: random resized crop if ``rng``, else resize + centre crop."""
-    import torchvision.transforms.functional as TF
-    from torchvision.transforms import InterpolationMode
-
-    image = image.convert("RGB")
-    if rng is not None:
-        top, left, h, w = _crop_box(image.width, image.height, rng)
-        image = TF.resized_crop(image, top, left, h, w, [size, size], InterpolationMode.BICUBIC)
-    else:
-        image = TF.center_crop(TF.resize(image, size, InterpolationMode.BICUBIC), size)
-    return TF.to_tensor(image)
 
 
 class Source:
@@ -96,14 +68,8 @@ class Source:
 
     def image_item(self, load: Callable[[], Image.Image], caption: str, label: int, rng: random.Random,
                    name: str) -> Item | None:
-        try:
-            with load() as image:
-                image.load()
-                pixels = to_pixels(image, self.image_size, rng if self.augment else None)
-        except Exception as e:  # PIL raises many types for bad bytes; any of them means "skip this sample"
-            log.warning("skipping undecodable image %s (%s: %s)", name, type(e).__name__, e)
-            return None
-        return pixels, self.tokens(caption), label
+        pixels = decode_image(load, self.image_size, rng if self.augment else None, name)
+        return None if pixels is None else (pixels, self.tokens(caption), label)
 
 
 class IndexedSource(Source):
@@ -146,14 +112,10 @@ class FolderSource(IndexedSource):
 class CsvSource(IndexedSource):
     def __init__(self, path: str, separator: str | None, img_key: str, caption_key: str, **kw: Any) -> None:
         super().__init__(**kw)
-        separator = separator or ("\t" if path.endswith(".tsv") else ",")
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter=separator))
-        if rows and (img_key not in rows[0] or caption_key not in rows[0]):
-            raise ValueError(f"{path}: needs columns {img_key!r} and {caption_key!r} (--csv-img-key/"
-                             f"--csv-caption-key); it has {list(rows[0])}")
+        rows = read_csv(path, separator, {"--csv-img-key": img_key, "--csv-caption-key": caption_key},
+                        may_be_empty=(caption_key,))
         base = Path(path).parent
-        self.rows = [(str(base / r[img_key]), r[caption_key]) for r in rows]  # absolute paths survive the join
+        self.rows = [(str(base / r[img_key]), r[caption_key]) for _, r in rows]  # absolute paths survive the join
         self.num_samples = len(self.rows)
 
     def decode(self, raw: tuple[int, int], rng: random.Random) -> Item | None:
@@ -192,20 +154,15 @@ class WebDatasetSource(Source):
         _rng(self.seed, "shards", epoch).shuffle(shards)
         return shards[slot::num_slots]
 
-    def _on_error(self, exn: Exception) -> bool:
+    def _on_error(self, exn: Exception) -> None:
         self.errors += 1
-        log.warning("skipping unreadable webdataset record (%s: %s)", type(exn).__name__, exn)
-        return True  # continue with the next record or shard
 
     def read(self, unit: str, start: int) -> Iterator[Any]:
-        import webdataset as wds
-
-        return islice(wds.tarfile_samples([{"url": unit}], handler=self._on_error), start, None)
+        return islice(tar_records(unit, self._on_error), start, None)
 
     def decode(self, raw: dict[str, Any], rng: random.Random) -> Item | None:
         name = f"{raw.get('__url__')}:{raw.get('__key__')}"
-        data = next((raw[k] for k in self.image_keys if k in raw), None)
-        caption = raw.get(self.caption_key)
+        data, caption = image_bytes(raw, self.image_keys), raw.get(self.caption_key)
         if data is None or caption is None:
             log.warning("skipping %s: no image (%s) or caption (%s)", name, "/".join(self.image_keys),
                         self.caption_key)

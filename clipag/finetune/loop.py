@@ -30,6 +30,7 @@ from .data import build_source, fit_workers, make_loader
 from .export import export_model, push_to_hub
 from .losses import Objective
 from .step import AdversarialStep
+from .watch import SIGNALS, LearningWatch, suggestions
 
 __all__ = ["train", "TrainResult"]
 
@@ -44,6 +45,7 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # the last logged training metrics
     eval: dict[str, Any] | None = None  # the last evaluation
     history: list[dict[str, Any]] = field(default_factory=list)  # every logged training record of this process
+    not_learning: str | None = None  # the collapse warning the run ended with, if any (see watch.py)
 
 
 def train(argv: list[str] | None = None, **overrides: Any) -> TrainResult:
@@ -57,18 +59,21 @@ def train(argv: list[str] | None = None, **overrides: Any) -> TrainResult:
 
 
 def _setup_logging(output_dir: Path, main: bool) -> None:
-    log.setLevel(logging.INFO if main else logging.WARNING)
-    for handler in [h for h in log.handlers if getattr(h, "_clipag", False)]:
-        log.removeHandler(handler)
-        handler.close()
+    """The run's log, and the data readers' (skipped samples), to stderr and OUTPUT_DIR/train.log."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if main:
         handlers.append(logging.FileHandler(output_dir / "train.log"))
     for handler in handlers:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler._clipag = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    log.propagate = False
+    for logger in (log, logging.getLogger("clipag.data")):
+        logger.setLevel(logging.INFO if main else logging.WARNING)
+        for handler in [h for h in logger.handlers if getattr(h, "_clipag", False)]:
+            logger.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.propagate = False
 
 
 def _attack_seed(*parts: int) -> int:
@@ -95,7 +100,7 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, model_cfg, preprocess = create_model(args)
     torch.manual_seed(args.seed + d.rank)  # per-rank seeding for anything stochastic after init
-    pixel = PixelCLIP(model, preprocess["mean"], preprocess["std"]).to(d.device)
+    pixel = PixelCLIP(model).to(d.device)  # the mean/std create_model attached
     context = int(model.context_length)
     source = build_source(args, model.visual.input_resolution, context)
     args.workers = fit_workers(source, d.world_size, args.workers)  # fewer shards than workers: fewer workers
@@ -141,12 +146,15 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
     writer = MetricsWriter(out / "metrics.jsonl", out / "tensorboard" if args.tensorboard else None) if d.main \
         else None
     if d.main:
-        log.info("%s: %s steps × global batch %d on %d rank(s) (%s, %s), objective %s, %s ε=%g over %d PGD steps",
-                 out, steps, global_batch, d.world_size, d.device, precision.name, args.objective, args.norm,
-                 args.epsilon, args.attack_steps)
+        log.info("%s: %s steps × global batch %d on %d rank(s) (%s, %s), objective %s, %s", out, steps, global_batch,
+                 d.world_size, d.device, precision.name, args.objective, describe_attack(args))
     result = TrainResult(out, None, steps)
+    watch = LearningWatch(args.collapse_window or max(50, steps // 20), start=max(warmup, run.step),
+                          hints=suggestions(args, getattr(model.visual, "pool_type", None)))  # judged from here
     bar = tqdm(total=steps, initial=run.step, unit="step", disable=not (d.main and args.progress))
-    sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss, accuracy, micro-batches since last log
+    # since the last log: loss, accuracy, micro-batches, then the step's signals (image/text similarity, chance
+    # loss/accuracy) summed where defined, and how often each was defined
+    sums = torch.zeros(3 + 2 * len(SIGNALS), dtype=torch.float64, device=d.device)
     window_start, window_steps = time.perf_counter(), 0
     for step in range(run.step, steps):
         lr = lr_at(step, args.lr, warmup, steps, args.lr_schedule)
@@ -162,11 +170,13 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
             generator = torch.Generator(d.device).manual_seed(_attack_seed(args.seed, d.rank, step, micro))
             sync = ddp.no_sync() if ddp is not None and micro < args.accum_steps - 1 else nullcontext()
             with sync:
-                loss, acc = micro_step(images, tokens, labels, eps, alpha, generator)
+                loss, acc, signals = micro_step(images, tokens, labels, eps, alpha, generator)
                 precision.scaler.scale(loss / args.accum_steps).backward()
             sums[0] += loss.detach()
             sums[1] += acc.detach()
             sums[2] += 1
+            sums[3:3 + len(SIGNALS)] += signals.nan_to_num(0.0)
+            sums[3 + len(SIGNALS):] += signals.isfinite()
         precision.scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip if args.grad_clip > 0 else math.inf)
         precision.scaler.step(optimizer)
@@ -179,12 +189,19 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
         bar.update(1)
 
         if done % args.log_every == 0 or done == steps:
-            loss_sum, acc_sum, count, skipped_all = distributed.all_reduce_sum([*sums.tolist(), run.skipped], d)
+            loss_sum, acc_sum, count, *signal_sums, skipped_all = distributed.all_reduce_sum(
+                [*sums.tolist(), run.skipped], d)
             elapsed = time.perf_counter() - window_start
             metrics = {"loss": loss_sum / count, "acc": acc_sum / count, "lr": lr, "epsilon": eps,
                        "grad_norm": float(grad_norm), "logit_scale": float(model.logit_scale.detach().exp()),
                        "images_per_s": global_batch * window_steps / elapsed, "skipped_samples": int(skipped_all),
                        "samples_seen": done * global_batch}
+            metrics.update({name: total / n for name, total, n in
+                            zip(SIGNALS, signal_sums[:len(SIGNALS)], signal_sums[len(SIGNALS):], strict=True) if n})
+            warning = watch.update(done, metrics)
+            metrics["not_learning"] = int(watch.collapsed)
+            if warning and d.main:
+                log.warning(warning)
             result.metrics = metrics
             result.history.append({"step": done, **metrics})
             if writer:
@@ -203,6 +220,9 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
                   {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
             window_start = time.perf_counter()
     bar.close()
+    result.not_learning = watch.summary() if watch.collapsed else None  # every rank saw the same averages
+    if d.main:
+        _log_summary(result, watch)
 
     digests = weight_digests(model, d)
     identical = len(set(digests)) == 1
@@ -220,10 +240,33 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
             log.info("pushed to %s", push_to_hub(result.export_dir, args.push_to_hub, args.hub_private))
     if writer:
         writer.write({"event": "done", "replicas_identical": identical, "world_size": d.world_size,
-                      "weight_digests": digests}, steps)
+                      "weight_digests": digests, "not_learning": result.not_learning}, steps)
         writer.close()
     distributed.barrier(d)
     return result
+
+
+def describe_attack(args: Any) -> str:
+    """The training attack in words; ε = 0 (or 0 PGD steps) is clean training, and the log says so."""
+    if args.epsilon <= 0 or args.attack_steps <= 0:
+        why = "ε = 0" if args.epsilon <= 0 else "--attack-steps 0"
+        return f"clean training: no attack ({why})"
+    ramp = f", ε ramped from 0 over the first {args.epsilon_warmup:.0%} of steps" if args.epsilon_warmup else ""
+    return f"adversarial training: {args.attack_steps}-step {args.norm} PGD at ε={args.epsilon:g}{ramp}"
+
+
+def _log_summary(result: TrainResult, watch: LearningWatch) -> None:
+    """The end of the run in one line, and the collapse warning again if the run ended collapsed."""
+    m = result.metrics
+    if m:
+        names = {"loss": "loss", "chance_loss": "chance loss", "acc": "batch accuracy",
+                 "image_similarity": "image similarity", "text_similarity": "text similarity"}
+        log.info("finished %d steps: %s", result.steps, ", ".join(f"{label} {m[key]:.4f}" for key, label in
+                                                                   names.items() if key in m))
+    if result.not_learning:
+        log.warning(result.not_learning)
+    elif watch.summary():  # stuck for a while, then learned
+        log.info(watch.summary())
 
 
 @dataclass
@@ -292,7 +335,9 @@ def _evaluate(args: Any, pixel: PixelCLIP, precision: Precision, d: distributed.
     if d.main:
         size = pixel.model.visual.input_resolution
         batches, classnames, total = eval_batches(args.eval_data, size, args.batch_size, args.eval_samples, args.seed,
-                                                  min(args.workers, 2), None, args.synthetic_classes)
+                                                  min(args.workers, 2), None, args.synthetic_classes,
+                                                  csv_separator=args.csv_separator, csv_img_key=args.csv_img_key,
+                                                  image_key=args.image_key)
         weights = zero_shot_weights(pixel, classnames, load_templates(args.eval_templates or args.templates), d.device)
         eps = args.epsilon if args.eval_epsilon is None else args.eval_epsilon
         result = evaluate(pixel, batches, weights, args.eval_norm or args.norm, [eps] if eps > 0 else [],

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from ..eval import PixelCLIP
 
-__all__ = ["text_groups", "contrastive_loss", "tecoa_loss", "fare_loss", "Targets", "Objective"]
+__all__ = ["text_groups", "contrastive_loss", "tecoa_loss", "fare_loss", "chance_level", "Targets", "Objective",
+           "LossResult"]
 
 
 def text_groups(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +59,32 @@ def fare_loss(image: torch.Tensor, original: torch.Tensor, reduction: str = "mea
     """Squared L2 distance to the frozen original embedding (unnormalised), FARE, Schlarmann et al. 2024."""
     per_sample = (image.float() - original.float()).pow(2).sum(-1)
     return per_sample.sum() if reduction == "sum" else per_sample.mean()
+
+
+def chance_level(index: torch.Tensor, num_texts: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, accuracy)`` of the best answer that ignores the image: the batch's text frequencies.
+
+    Image→text, that is the entropy of the batch's labels (ln U when the U texts are equally frequent);
+    text→image (``symmetric``, the contrastive loss), text u scores ``ln(B / n_u)`` whatever the logits, when
+    all images look the same. The accuracy is the most frequent text's share. A run whose loss and batch
+    accuracy stay here has learned nothing (see ``watch.py``).
+    """
+    ones = torch.ones(len(index), device=index.device)
+    counts = torch.zeros(num_texts, device=index.device).scatter_add_(0, index, ones)
+    share = counts / len(index)  # no data-dependent shapes: no host sync inside the PGD loop
+    loss = -torch.xlogy(share, share).sum()
+    if symmetric:
+        present = counts > 0
+        per_text = torch.where(present, (len(index) / counts.clamp(min=1)).log(), 0.0)
+        loss = (loss + per_text.sum() / present.sum()) / 2
+    return loss, share.max()
+
+
+class LossResult(NamedTuple):
+    loss: torch.Tensor
+    acc: torch.Tensor
+    chance_loss: torch.Tensor  # see chance_level; NaN for FARE, which has no chance value
+    chance_acc: torch.Tensor
 
 
 @dataclass
@@ -114,19 +142,23 @@ class Objective:
                        sample_tokens=tokens)
 
     def loss(self, image: torch.Tensor, targets: Targets, scale: torch.Tensor, text: torch.Tensor | None = None,
-             reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, accuracy)``; ``text`` (raw features of ``targets.tokens``) replaces the frozen targets."""
+             reduction: str = "mean") -> LossResult:
+        """Loss, accuracy and their chance values; ``text`` (raw features of ``targets.tokens``) replaces the
+        frozen targets."""
         if self.kind == "fare":
-            return fare_loss(image, targets.original, reduction), torch.zeros((), device=image.device)
+            nan = torch.full((), float("nan"), device=image.device)
+            return LossResult(fare_loss(image, targets.original, reduction), torch.zeros((), device=image.device),
+                              nan, nan)
         if text is not None:
             text = self.text(text, class_prompts=targets.class_prompts)
         else:
             text = targets.text
         loss_fn = contrastive_loss if self.kind == "contrastive" else tecoa_loss
-        return loss_fn(image, text, targets.index, scale, reduction)
+        return LossResult(*loss_fn(image, text, targets.index, scale, reduction),
+                          *chance_level(targets.index, len(text), symmetric=self.kind == "contrastive"))
 
     def global_loss(self, image: torch.Tensor, targets: Targets, scale: torch.Tensor,
-                    text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    text: torch.Tensor | None = None) -> LossResult:
         """The contrastive loss over every rank's batch (``--gather-features``).
 
         Every rank computes the same global loss; all_gather's backward sums the ranks' gradients and DDP
@@ -142,4 +174,5 @@ class Objective:
         dist.all_gather(tokens, targets.sample_tokens)
         all_tokens = torch.cat(tokens)
         first, inverse = text_groups(all_tokens)
-        return contrastive_loss(all_image, all_text[first], inverse, scale)
+        return LossResult(*contrastive_loss(all_image, all_text[first], inverse, scale),
+                          *chance_level(inverse, len(first), symmetric=True))

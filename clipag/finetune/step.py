@@ -14,6 +14,7 @@ from ..attacks import pgd
 from ..eval import PixelCLIP
 from .build import Precision
 from .losses import Objective, Targets
+from .watch import mean_pairwise_cosine
 
 __all__ = ["AdversarialStep"]
 
@@ -48,16 +49,25 @@ class AdversarialStep:
 
     def __call__(self, images: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor, epsilon: float,
                  step_size: float | None = None, generator: torch.Generator | None = None) -> \
-            tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, accuracy)`` on adversarial images; the caller runs backward (inside DDP's no_sync if needed)."""
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, accuracy, signals)`` on adversarial images; the caller runs backward (inside DDP's no_sync if
+        needed). ``signals`` (detached) are what ``watch.LearningWatch`` reads: the mean pairwise cosine of the
+        batch's image and text embeddings, and the loss and accuracy at chance (NaN where undefined)."""
         with self.precision.autocast():
             targets = self.objective.targets(images, tokens, labels)
         adversarial = self.attack(images, targets, epsilon, step_size, generator)
         with self.precision.autocast():
             image_features, text_features, scale = self.net(adversarial, targets.tokens if self.unlock_text else None)
             if self.global_loss:
-                return self.objective.global_loss(image_features, targets, scale, text_features)
-            return self.objective.loss(image_features, targets, scale, text_features)
+                result = self.objective.global_loss(image_features, targets, scale, text_features)
+            else:
+                result = self.objective.loss(image_features, targets, scale, text_features)
+        with torch.no_grad():
+            nan = torch.full((), float("nan"), device=images.device)
+            text = mean_pairwise_cosine(targets.text) if targets.text is not None else nan
+            signals = torch.stack([mean_pairwise_cosine(image_features), text, result.chance_loss.float(),
+                                   result.chance_acc.float()])
+        return result.loss, result.acc, signals
 
     @staticmethod
     def flops_per_image(model: Any, attack_steps: int, distinct_captions_per_image: float = 1.0) -> float:
