@@ -1,0 +1,1 @@
+"""CLIPDraw with CLIPAG, and a pure-PyTorch stand-in for diffvg (``pydiffvg``)."""
