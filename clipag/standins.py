@@ -33,6 +33,7 @@ class StandIn:
 
 # One entry per upstream dependency; each adapter adds its own here.
 STANDINS: dict[str, StandIn] = {s.name: s for s in (
+    StandIn("pydiffvg", "diffvg (BachiLi/diffvg)", {"pydiffvg": "clipag.adapters.clipdraw.pydiffvg"}),
 )}
 
 
