@@ -169,6 +169,19 @@ def _bin(a, b, r, layer, st: Structure, width: int, height: int, chunk: int):
     wind = torch.zeros(nf * _PIX, dtype=torch.int32, device=dev)
     pix = torch.arange(_PIX, device=dev)
     per = max(1, chunk // _PIX)
+    fill_pairs = torch.nonzero(is_fill).squeeze(1)
+    nonzero_rule = is_fill & ~st.layer_even_odd[pair_layer]
+    for start in range(0, fill_pairs.numel(), per):  # winding numbers first: a fill's edges need them below
+        pairs = fill_pairs[start:start + per]
+        piece, pf = pair_piece[pairs], pair_frag[pairs]
+        ax, ay, bx, by = a[piece, 0, None], a[piece, 1, None], b[piece, 0, None], b[piece, 1, None]
+        px, py = origin[pf, 0, None] + ox, origin[pf, 1, None] + oy
+        up, down = (ay <= py) & (py < by), (by <= py) & (py < ay)
+        x_hit = ax + (py - ay) * (bx - ax) / torch.where(up | down, by - ay, 1.0)
+        right = px < x_hit
+        crossing = (up & right).int() - (down & right).int()
+        wind.index_add_(0, (pf[:, None] * _PIX + pix).flatten(), crossing.flatten())
+    check_edges = bool(nonzero_rule.any())
     all_near = bool(pair_near.all())
     for start in range(0, pair_piece.numel(), per):
         s = slice(start, start + per)
@@ -181,20 +194,19 @@ def _bin(a, b, r, layer, st: Structure, width: int, height: int, chunk: int):
         d2 = x * x + y * y - t * (2 * dot - t * length2[pp, None])
         score = radius[s, None] - d2.clamp_min_(0).sqrt_()
         key = (score * _SCALE).round_().long() * (1 << _SHIFT) + pp[:, None]
+        index = (pf[:, None] * _PIX + pix).flatten()
         if not all_near:
             key.masked_fill_(~pair_near[s, None], lowest)
-        index = (pf[:, None] * _PIX + pix).flatten()
+        if check_edges and nonzero_rule[s].any():
+            # Under the non-zero rule an edge inside the filled region (overlapping subpaths, self-crossings)
+            # is no boundary: it may only anchor the anti-aliasing ramp where the winding number on its two
+            # sides (they differ by one; the side left of the edge's direction is higher) changes the verdict.
+            w = wind[index].view(key.shape)
+            left = (ab[pp, 0, None] * y - ab[pp, 1, None] * x) > 0
+            other = torch.where(left, w - 1, w + 1)
+            boundary = (w != 0) != (other != 0)
+            key.masked_fill_(nonzero_rule[s, None] & ~boundary, lowest)
         best.scatter_reduce_(0, index, key.flatten(), "amax")
-        fill = is_fill[s]
-        if fill.any():
-            piece = pp[fill]
-            ax, ay, bx, by = a[piece, 0, None], a[piece, 1, None], b[piece, 0, None], b[piece, 1, None]
-            px, py = origin[pf[fill], 0, None] + ox, origin[pf[fill], 1, None] + oy
-            up, down = (ay <= py) & (py < by), (by <= py) & (py < ay)
-            x_hit = ax + (py - ay) * (bx - ax) / torch.where(up | down, by - ay, 1.0)
-            right = px < x_hit
-            crossing = (up & right).int() - (down & right).int()
-            wind.index_add_(0, (pf[fill, None] * _PIX + pix).flatten(), crossing.flatten())
     best, wind = best.view(nf, _PIX), wind.view(nf, _PIX)
     found = best != lowest
     win = torch.where(found, best & ((1 << _SHIFT) - 1), -1)
