@@ -144,8 +144,9 @@ _SCALE = float(1 << 20)
 def _bin(a, b, r, layer, st: Structure, width: int, height: int, chunk: int):
     """No autograd: for every layer and pixel it reaches, the nearest piece and whether it is inside.
 
-    Returns the *active* fragment pixels (coverage may be > 0), sorted by pixel and then by layer:
-    ``(pixel, layer, piece, inside)``, ``piece = -1`` where a fill has no boundary nearby.
+    Returns the *active* fragment pixels (coverage may be > 0) as ``(pixel, layer, piece, inside, levels)``:
+    ``piece = -1`` where a fill has no boundary nearby; entries are grouped by their layer's rank among the
+    pixel's layers (``levels[k]`` entries of rank ``k``, in that order).
     """
     nx = (width + TILE - 1) // TILE
     dev, dtype = a.device, a.dtype
@@ -216,133 +217,110 @@ def _bin(a, b, r, layer, st: Structure, width: int, height: int, chunk: int):
     px = (origin[:, None, 0] + ox).floor().long()
     py = (origin[:, None, 1] + oy).floor().long()
     active = (px < width) & (py < height) & torch.where(fill_frag, inside | (score > -0.5), score > -0.5)
+    # Each pixel's layers, bottom first, numbered 0, 1, ...: rows of a tile are consecutive and in layer order,
+    # so a pixel's level is the count of active rows above it within its tile. Entries are returned level by
+    # level, so compositing is one vectorised step per level (every pixel appears at most once in each).
+    counts = active.int().cumsum(0)
+    first = torch.nonzero(torch.diff(frag_tile, prepend=frag_tile[:1] - 1)).squeeze(1)
+    tile_first = torch.repeat_interleave(first, torch.diff(first, append=first.new_tensor([nf])))
+    level = counts - torch.cat([counts.new_zeros(1, _PIX), counts])[tile_first] - 1
     row, k = torch.nonzero(active, as_tuple=True)
-    pixel = py[row, k] * width + px[row, k]
-    pixel, order = torch.sort(pixel, stable=True)  # rows of a tile are in layer order, so layers stay sorted
+    level = level[row, k]
+    level, order = torch.sort(level)
     row, k = row[order], k[order]
-    return pixel, frag_layer[row], win[row, k], inside[row, k]
-
-
-def _same(group: torch.Tensor, s: int, dtype: torch.dtype) -> torch.Tensor:
-    """1.0 where row ``i + s`` is in row ``i``'s group, as a column for masked arithmetic (cheaper than where)."""
-    return (group[:-s] == group[s:]).to(dtype)[:, None]
-
-
-def _prefix_over(state: torch.Tensor, group: torch.Tensor, depth: int) -> torch.Tensor:
-    """Inclusive "over" composite within each group of rows sorted by ``group``, bottom layer first.
-
-    ``state`` rows are ``(premultiplied rgb, transmittances...)``: a lower range X under an upper range Y
-    composite to ``(rgb_X · τ_Y + rgb_Y, τ_X · τ_Y)``. A doubling scan: log2(depth) vectorised steps.
-    """
-    y, s = state, 1
-    while s < depth:
-        m = _same(group, s, y.dtype)
-        low = y[:-s] * m  # the identity (0, 0) where row i - s belongs to another group
-        z = y.clone()
-        z[s:, :3] += low[:, :3] * y[s:, 3:4]
-        z[s:, 3:] *= low[:, 3:] + (1 - m)
-        y, s = z, s * 2
-    return y
-
-
-def _suffix_product(x: torch.Tensor, group: torch.Tensor, depth: int) -> torch.Tensor:
-    """``out[i] = prod(x[j] for j > i in i's group)`` (exact with zeros: an opaque layer hides all below it)."""
-    y, s = x, 1
-    while s < depth:
-        m = _same(group, s, x.dtype)
-        z = y.clone()
-        z[:-s] *= y[s:] * m + (1 - m)
-        y, s = z, s * 2
-    m = _same(group, 1, x.dtype)
-    out = torch.ones_like(y)
-    out[:-1] = y[1:] * m + (1 - m)
-    return out
-
-
-def _below(prefix: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """The composite of the layers strictly below each row (empty canvas at a group's bottom layer)."""
-    empty = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0], dtype=prefix.dtype, device=prefix.device)
-    first = torch.ones(group.shape, dtype=torch.bool, device=group.device)
-    first[1:] = group[1:] != group[:-1]
-    shifted = torch.cat([empty[None], prefix[:-1]])
-    return torch.where(first[:, None], empty, shifted)
+    levels = torch.bincount(level).tolist() if level.numel() else []
+    return py[row, k] * width + px[row, k], frag_layer[row], win[row, k], inside[row, k], levels
 
 
 class _Shade(torch.autograd.Function):
     """Coverage of every active fragment pixel and "over" compositing per pixel, with a hand-derived backward.
 
-    Autograd through the same maths runs ~800 small ops per render; this forward and backward are ~80, which
-    is what makes CPU rendering fast. Output ``(H*W, 5)``: premultiplied RGB, alpha, union coverage.
+    Autograd through the same maths runs ~800 small ops per render; this forward and backward are a few dozen
+    vectorised ops plus a handful per depth level, which is what makes CPU rendering fast.
+    Output ``(H*W, 5)``: premultiplied RGB, alpha, union coverage.
     """
 
     @staticmethod
-    def forward(ctx, a, b, r, colors, kinds, pixel, layer, piece, inside, width, height):
+    def forward(ctx, a, b, r, colors, kinds, pixel, layer, piece, inside, levels, width, height):
         p = torch.stack([pixel % width, pixel // width], -1).to(a.dtype)
         p[:, 0] += _SAMPLE_X
         p[:, 1] += _SAMPLE_Y
         w = piece.clamp(min=0)
         pa = a[w]
-        ab, ap = b[w] - pa, p - pa
+        ab = b[w] - pa
+        ap = p.sub_(pa)
         t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp_(0, 1)
-        e = ap - t[:, None] * ab  # from the closest point to the pixel centre
-        d = e.square().sum(-1).sqrt_()
-        # The direction along which the distance grows. A pixel centre exactly on an edge (common for shapes
-        # at half-pixel coordinates) has none; the crossing rule counts such a pixel as lying on the edge's +x
-        # side (+y for a horizontal edge), so take the edge normal pointing there: the one-sided derivative.
-        normal = torch.stack([-ab[:, 1], ab[:, 0]], -1)
-        flip = torch.where(normal[:, 0] != 0, normal[:, 0] < 0, normal[:, 1] < 0)
-        normal = torch.where(flip[:, None], -normal, normal) / normal.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        u = torch.where((d > 1e-7)[:, None], e / d.clamp_min(1e-7)[:, None], normal)
+        e = ap.sub_(t[:, None] * ab)  # from the closest point to the pixel centre
+        d = e.norm(dim=-1)
+        u = e.div_(d.clamp_min(1e-7)[:, None])  # the direction in which the distance grows
+        on_edge = torch.nonzero(d <= 1e-7).squeeze(1)
+        if on_edge.numel():
+            # A pixel centre exactly on an edge has no such direction; the crossing rule counts it as lying on
+            # the edge's +x side (+y for a horizontal edge), so use the edge normal pointing there.
+            n = torch.stack([-ab[on_edge, 1], ab[on_edge, 0]], -1)
+            n = torch.where(torch.where(n[:, :1] != 0, n[:, :1] < 0, n[:, 1:] < 0), -n, n)
+            u[on_edge] = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         rr = r[w]
-        upper, lower = torch.minimum(d + 0.5, rr), torch.maximum(d - 0.5, -rr)
-        band = upper - lower  # a width-2r band, box-filtered across the pixel
-        sign = torch.where(inside, 1.0, -1.0).to(a.dtype)
-        ramp = 0.5 + sign * d
+        band = torch.minimum(d + 0.5, rr) - torch.maximum(d - 0.5, -rr)  # a width-2r band, box-filtered
+        sign = inside.to(a.dtype) * 2 - 1
         is_stroke = kinds[layer] == STROKE
         has_edge = piece >= 0
-        raw = torch.where(is_stroke, band, torch.where(has_edge, ramp, inside.to(a.dtype)))
+        raw = torch.where(is_stroke, band, torch.where(has_edge, 0.5 + sign * d, inside.to(a.dtype)))
         f = raw.clamp(0, 1)
         color = colors[layer]
         alpha = color[:, 3] * f
-        starts = torch.nonzero(torch.diff(pixel, prepend=pixel[:1] - 1)).squeeze(1)
-        depth = int(torch.diff(starts, append=starts.new_tensor([pixel.numel()])).max()) if pixel.numel() else 1
-        prefix = _prefix_over(torch.cat([(alpha[:, None] * color[:, :3]), (1 - alpha)[:, None], (1 - f)[:, None]], 1),
-                              pixel, depth)
-        last = torch.ones(pixel.shape, dtype=torch.bool, device=pixel.device)
-        last[:-1] = pixel[:-1] != pixel[1:]
-        out = torch.zeros(width * height, 5, dtype=a.dtype, device=a.device)
-        top = prefix[last]
-        out[pixel[last]] = torch.cat([top[:, :3], 1 - top[:, 3:]], 1)
+        keep = torch.stack([1 - alpha, 1 - f], -1)  # what each layer lets through: of colour, of coverage
+        factors = torch.cat([keep[:, :1].expand(-1, 4), keep[:, 1:]], 1)
+        adds = torch.cat([alpha[:, None] * color[:, :3], torch.zeros_like(keep)], 1)
+        state = torch.zeros(width * height, 5, dtype=a.dtype, device=a.device)  # premultiplied rgb, τ_alpha, τ_f
+        state[:, 3:] = 1
+        below = torch.empty_like(adds)  # the composite under each layer, for the backward pass
+        start = 0
+        for n in levels:
+            s = slice(start, start + n)
+            px = pixel[s]
+            current = state[px]
+            below[s] = current
+            state[px] = torch.addcmul(adds[s], current, factors[s])
+            start += n
         ctx.save_for_backward(a, b, r, colors, pixel, layer, w, t, u, d, rr, f, raw, sign, is_stroke, has_edge,
-                              prefix, alpha)
-        ctx.depth = depth
-        return out
+                              below, alpha, keep)
+        ctx.levels = levels
+        state[:, 3:] = 1 - state[:, 3:]
+        return state
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, r, colors, pixel, layer, w, t, u, d, rr, f, raw, sign, is_stroke, has_edge, prefix, alpha = \
+        a, b, r, colors, pixel, layer, w, t, u, d, rr, f, raw, sign, is_stroke, has_edge, below, alpha, keep = \
             ctx.saved_tensors
+        # what lies above each layer: the product of the others' keep factors, accumulated from the top down
+        above = torch.ones(grad.shape[0], 2, dtype=grad.dtype, device=grad.device)
+        transmit = torch.empty_like(keep)
+        stop = pixel.numel()
+        for n in reversed(ctx.levels):
+            s = slice(stop - n, stop)
+            px = pixel[s]
+            current = above[px]
+            transmit[s] = current
+            above[px] = current * keep[s]
+            stop -= n
         g = grad[pixel]  # (E, 5)
         color = colors[layer]
-        below = _below(prefix, pixel)
-        transmit = _suffix_product(torch.stack([1 - alpha, 1 - f], -1), pixel, ctx.depth)
         # d P/d alpha_i = (c_i - below_i) T_i, d A/d alpha_i = tau_below_i T_i, d U/d f_i = tau_f,below_i T_f,i
         g_alpha = transmit[:, 0] * ((g[:, :3] * (color[:, :3] - below[:, :3])).sum(-1) + g[:, 3] * below[:, 3])
         g_color = torch.cat([g[:, :3] * (alpha * transmit[:, 0])[:, None], (g_alpha * f)[:, None]], 1)
         grad_colors = torch.zeros_like(colors).index_add_(0, layer, g_color)
-        g_f = g_alpha * color[:, 3] + g[:, 4] * below[:, 4] * transmit[:, 1]
-        live = (raw > 0) & (raw < 1)
-        g_f = torch.where(live, g_f, 0.0)
+        g_f = (g_alpha * color[:, 3] + g[:, 4] * below[:, 4] * transmit[:, 1]) * ((raw > 0) & (raw < 1))
         # stroke band = min(d + 1/2, r) - max(d - 1/2, -r); fill ramp = 1/2 ± d
         d_band_d = (d + 0.5 < rr).to(d.dtype) - (d - 0.5 > -rr).to(d.dtype)
         d_band_r = (rr <= d + 0.5).to(d.dtype) + (-rr >= d - 0.5).to(d.dtype)
-        g_d = g_f * torch.where(is_stroke, d_band_d, torch.where(has_edge, sign, 0.0))
-        g_r = torch.where(is_stroke, g_f * d_band_r, 0.0)
+        g_d = g_f * torch.where(is_stroke, d_band_d, sign * has_edge)
+        g_r = g_f * d_band_r * is_stroke
         pull = g_d[:, None] * u  # d distance / d closest point = -u
-        grad_a = torch.zeros_like(a).index_add_(0, w, -(1 - t)[:, None] * pull)
+        grad_a = torch.zeros_like(a).index_add_(0, w, (t - 1)[:, None] * pull)
         grad_b = torch.zeros_like(b).index_add_(0, w, -t[:, None] * pull)
         grad_r = torch.zeros_like(r).index_add_(0, w, g_r)
-        return grad_a, grad_b, grad_r, grad_colors, None, None, None, None, None, None, None
+        return grad_a, grad_b, grad_r, grad_colors, None, None, None, None, None, None, None, None
 
 
 def rasterize(points: torch.Tensor, widths: torch.Tensor, colors: torch.Tensor, structure: Structure,
@@ -370,8 +348,9 @@ def rasterize(points: torch.Tensor, widths: torch.Tensor, colors: torch.Tensor, 
     st = structure if structure.layer_kind.device == dev else structure.to(dev)
     a, b, r, layer = flatten(points, widths, st, tolerance)
     with torch.no_grad():
-        pixel, frag_layer, piece, inside = _bin(a.detach(), b.detach(), r.detach(), layer, st, width, height, chunk)
-    flat = _Shade.apply(a, b, r, colors, st.layer_kind, pixel, frag_layer, piece, inside, width, height)
+        pixel, frag_layer, piece, inside, levels = _bin(a.detach(), b.detach(), r.detach(), layer, st, width,
+                                                        height, chunk)
+    flat = _Shade.apply(a, b, r, colors, st.layer_kind, pixel, frag_layer, piece, inside, levels, width, height)
     image = flat.view(height, width, 5)
     premul, alpha, union = image[..., :3], image[..., 3:4], image[..., 4:5]
     if background is not None:
