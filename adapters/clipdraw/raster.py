@@ -188,22 +188,27 @@ def _bin(a, b, r, layer, st: Structure, width: int, height: int, chunk: int):
         s = slice(start, start + per)
         pp, pf = pair_piece[s], pair_frag[s]
         # distance from each pixel centre to the piece, with the pixel offsets factored out of the products
-        x = (origin[pf, 0] - a[pp, 0])[:, None] + ox  # (c, 64): pixel minus piece start
+        # (in place where possible: fresh memory for every temporary costs more than the arithmetic)
+        x = (origin[pf, 0] - a[pp, 0])[:, None] + ox  # (c, TILE²): pixel minus piece start
         y = (origin[pf, 1] - a[pp, 1])[:, None] + oy
-        dot = x * ab[pp, 0, None] + y * ab[pp, 1, None]
+        edges = check_edges and bool(nonzero_rule[s].any())
+        if edges:  # which side of the piece each pixel is on (needed below, before x is overwritten)
+            left = (ab[pp, 0, None] * y - ab[pp, 1, None] * x) > 0
+        dot = x * ab[pp, 0, None]
+        dot.addcmul_(y, ab[pp, 1, None])
         t = (dot * inverse[pp, None]).clamp_(0, 1)
-        d2 = x * x + y * y - t * (2 * dot - t * length2[pp, None])
-        score = radius[s, None] - d2.clamp_min_(0).sqrt_()
-        key = (score * _SCALE).round_().long() * (1 << _SHIFT) + pp[:, None]
+        d2 = x.mul_(x).addcmul_(y, y)  # |p - a|²
+        d2.add_((t * length2[pp, None]).sub_(dot, alpha=2).mul_(t))  # - t (2 p·ab - t |ab|²)
+        score = d2.clamp_min_(0).sqrt_().neg_().add_(radius[s, None])
+        key = score.mul_(_SCALE).round_().long().mul_(1 << _SHIFT).add_(pp[:, None])
         index = (pf[:, None] * _PIX + pix).flatten()
         if not all_near:
             key.masked_fill_(~pair_near[s, None], lowest)
-        if check_edges and nonzero_rule[s].any():
+        if edges:
             # Under the non-zero rule an edge inside the filled region (overlapping subpaths, self-crossings)
             # is no boundary: it may only anchor the anti-aliasing ramp where the winding number on its two
             # sides (they differ by one; the side left of the edge's direction is higher) changes the verdict.
             w = wind[index].view(key.shape)
-            left = (ab[pp, 0, None] * y - ab[pp, 1, None] * x) > 0
             other = torch.where(left, w - 1, w + 1)
             boundary = (w != 0) != (other != 0)
             key.masked_fill_(nonzero_rule[s, None] & ~boundary, lowest)
