@@ -57,6 +57,18 @@ def test_draw_steps_optimise_and_respect_upstreams_clamps(model_dir):
     assert all(p.requires_grad for p in drawer.model.parameters())
 
 
+def test_views_fill_with_white_and_are_seeded(model_dir):
+    with one_thread():
+        drawer = Drawer(model_dir, device="cpu", config=DrawConfig(**SMALL))
+        white = drawer.views(torch.ones(1, 3, 64, 64), seed=0)
+        assert white.shape == (4, 3, 32, 32)  # resized to the model's input
+        torch.testing.assert_close(white, torch.ones_like(white))  # perspective pads with white, like fill=1
+        image = torch.rand(1, 3, 64, 64)
+        a, b, c = drawer.views(image, 1), drawer.views(image, 1), drawer.views(image, 2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a[0], a[1])  # each view has its own perspective and crop
+
+
 def test_points_learning_rate_follows_upstreams_schedule(model_dir, monkeypatch):
     seen = []
     original = torch.optim.Adam.step

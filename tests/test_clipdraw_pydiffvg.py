@@ -53,6 +53,16 @@ def test_render_returns_straight_rgba_and_gradients_reach_the_scripts_leaves():
     assert torch.equal(again, image)
 
 
+def test_rendering_the_canvas_at_another_size_scales_the_scene():
+    shapes, groups = _scene()
+    args = pydiffvg.RenderFunction.serialize_scene(64, 48, shapes, groups)
+    big = pydiffvg.RenderFunction.apply(128, 96, 2, 2, 0, None, *args)
+    small = pydiffvg.RenderFunction.apply(64, 48, 2, 2, 0, None, *args)
+    assert float(big[..., 3].sum()) == pytest.approx(4 * float(small[..., 3].sum()), rel=0.02)
+    with pytest.raises(NotImplementedError, match="unequal scales"):
+        pydiffvg.RenderFunction.apply(128, 48, 2, 2, 0, None, *args)
+
+
 def test_background_image_and_supersampling_switch():
     shapes, groups = _scene()
     args = pydiffvg.RenderFunction.serialize_scene(64, 48, shapes, groups)

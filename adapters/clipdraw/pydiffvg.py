@@ -8,7 +8,8 @@
   ``shape_to_canvas``);
 * ``RenderFunction.serialize_scene(...)`` and ``RenderFunction.apply(width, height, num_samples_x,
   num_samples_y, seed, background_image, *scene_args)``: returns ``(H, W, 4)``, straight RGB + alpha, on
-  ``get_device()``, differentiable in points, stroke widths, colours and the background. The box filter
+  ``get_device()``, differentiable in points, stroke widths, colours and the background (an output size
+  other than the canvas's scales the scene, as diffvg does, for equal x and y scales). The box filter
   (diffvg's default) is computed analytically, so ``num_samples_*`` and ``seed`` do not change the result
   (``set_sampling("supersample")`` evaluates ``max(num_samples_x, num_samples_y)``² sub-pixels instead);
 * ``set_use_gpu``/``get_use_gpu``, ``set_device``/``get_device`` (a CUDA device goes through
@@ -144,12 +145,16 @@ class RenderFunction:
             raise NotImplementedError("pydiffvg.RenderFunction.apply: scene_args must come from clipag's "
                                       "RenderFunction.serialize_scene (diffvg's raw argument lists are not covered)")
         canvas_width, canvas_height, _, _, scene = args
-        if (canvas_width, canvas_height) != (width, height):
+        scale = width / canvas_width  # diffvg maps the canvas onto the output image
+        if abs(height / canvas_height - scale) > 1e-9:
             raise NotImplementedError(f"pydiffvg.RenderFunction.apply: rendering a {canvas_width}x{canvas_height} "
-                                      f"canvas at {width}x{height} is not covered by clipag's stand-in")
+                                      f"canvas at {width}x{height} (unequal scales) is not covered by clipag's "
+                                      "stand-in")
         device = get_device()
         start = time.perf_counter()
         packed = pack(scene.shapes, scene.groups, device)
+        if scale != 1:
+            packed.points, packed.widths = packed.points * scale, packed.widths * scale
         if background_image is not None and background_image.shape[-1] == 3:
             raise NotImplementedError("Background image must have 4 channels, not 3. Add a fourth channel with all "
                                       "ones via torch.ones().")  # diffvg's own message
