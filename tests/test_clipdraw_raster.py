@@ -206,3 +206,32 @@ def test_cuda_matches_cpu():
     cpu = rasterize(points.float(), widths.float(), colors.float(), st, 32, 30)
     gpu = rasterize(points.float().cuda(), widths.float().cuda(), colors.float().cuda(), st, 32, 30)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
+
+
+def test_shape_to_canvas_scales_strokes_like_diffvg_and_shear_is_refused():
+    """diffvg measures stroke widths in shape space: a similarity transform scales them with the shape."""
+    import math as m
+
+    angle, scale = 0.3, 2.0
+    c, s = m.cos(angle) * scale, m.sin(angle) * scale
+    matrix = torch.tensor([[c, -s, 20.0], [s, c, 10.0], [0.0, 0.0, 1.0]])
+    local = torch.tensor([[5.0, 5.0], [25.0, 8.0]])
+    moved = local @ matrix[:2, :2].T + matrix[:2, 2]
+    red = torch.tensor([1.0, 0, 0, 1])
+    transformed = render(96, 96, [Path([0], local, False, torch.tensor(1.5))],
+                         [ShapeGroup([0], None, stroke_color=red, shape_to_canvas=matrix)])
+    direct = render(96, 96, [Path([0], moved, False, torch.tensor(3.0))], [ShapeGroup([0], None, stroke_color=red)])
+    assert (transformed - direct).abs().max() < 1e-4
+    sheared = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    with pytest.raises(NotImplementedError, match="shear"):
+        render(8, 8, [Path([0], local, False)], [ShapeGroup([0], None, stroke_color=red, shape_to_canvas=sheared)])
+
+
+def test_a_groups_shapes_form_one_layer():
+    """Two crossing strokes in one group: the crossing has the group's alpha once, not composited twice."""
+    shapes = [Path([0], [[5.0, 20.0], [35.0, 20.0]], False, torch.tensor(3.0)),
+              Path([0], [[20.0, 5.0], [20.0, 35.0]], False, torch.tensor(3.0))]
+    half = torch.tensor([0.0, 0.0, 1.0, 0.5])
+    one = render(40, 40, shapes, [ShapeGroup([0, 1], None, stroke_color=half)])
+    two = render(40, 40, shapes, [ShapeGroup([0], None, stroke_color=half), ShapeGroup([1], None, stroke_color=half)])
+    assert float(one[20, 20, 3]) == pytest.approx(0.5) and float(two[20, 20, 3]) == pytest.approx(0.75)
