@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torchvision.transforms.functional as TF
 from clipag.adapters.clipdraw.draw import DrawConfig, Drawer, initial_strokes
+from PIL import Image
 
 from clipag.demo.judge import NONE, train_judge
 from clipag.demo.pipeline import DemoConfig
@@ -79,7 +80,7 @@ def main() -> None:
     if args.grid:
         cells = [[*images["vanilla"][i * args.seeds:(i + 1) * args.seeds],
                   *images["robust"][i * args.seeds:(i + 1) * args.seeds]] for i in range(len(prompts))]
-        small = [[im.resize((112, 112)) for im in row] for row in cells]
+        small = [[im.resize((96, 96), Image.Resampling.LANCZOS) for im in row] for row in cells]
         grid = labelled_grid(small, row_labels=[c.name for c in CLASSES], group_labels=["vanilla CLIP", "robust CLIP"],
                              group_size=args.seeds, label_width=90)
         print(save_png(grid, args.grid))

@@ -158,12 +158,11 @@ class DrawingInterrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the global RNG kornia draws from, and restore it afterwards (the caller's RNG is untouched)."""
-    cuda = device.type == "cuda"
-    devices = list(range(torch.cuda.device_count())) if cuda else []
-    with torch.random.fork_rng(devices=devices, device_type="cuda" if cuda else device.type):
-        torch.manual_seed(seed)
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed the CPU generator kornia draws its augmentation parameters from (on any device), and restore it
+    afterwards: the caller's random state, CPU or device, is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         yield
 
 
@@ -224,7 +223,7 @@ class Drawer:
     def views(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         """``augmentations`` views of ``image`` at the model's input size (kornia, batched on the device)."""
         batch = image.expand(self.config.augmentations, -1, -1, -1)
-        with _seeded(seed, self.device):
+        with _seeded(seed):
             batch = self._perspective(batch - 1) + 1  # kornia pads with zeros; this makes the fill white
             batch = self._crop(batch)
         batch = resize_to(batch, self.resolution)
