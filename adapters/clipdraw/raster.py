@@ -162,7 +162,8 @@ def _bin(a, b, r, layer, st: Structure, width: int, height: int, chunk: int):
     origin = torch.stack([frag_tile % nx, frag_tile // nx], -1).to(dtype) * TILE  # (F, 2)
     ab = b - a
     length2 = (ab * ab).sum(-1)
-    inverse = 1 / length2.clamp_min(1e-12)
+    # everything the distance needs about a piece, in one table so a chunk gathers it with one index_select
+    table = torch.stack([a[:, 0], a[:, 1], ab[:, 0], ab[:, 1], 1 / length2.clamp_min(1e-12), length2], 1)
     is_fill = st.layer_kind[pair_layer] == FILL
     radius = torch.where(is_fill, 0.0, r[pair_piece])
     lowest = torch.iinfo(torch.long).min
@@ -189,16 +190,19 @@ def _bin(a, b, r, layer, st: Structure, width: int, height: int, chunk: int):
         pp, pf = pair_piece[s], pair_frag[s]
         # distance from each pixel centre to the piece, with the pixel offsets factored out of the products
         # (in place where possible: fresh memory for every temporary costs more than the arithmetic)
-        x = (origin[pf, 0] - a[pp, 0])[:, None] + ox  # (c, TILE²): pixel minus piece start
-        y = (origin[pf, 1] - a[pp, 1])[:, None] + oy
+        ax, ay, abx, aby, inverse, length2 = table.index_select(0, pp).unbind(1)
+        corner = origin.index_select(0, pf)
+        x = (corner[:, 0] - ax)[:, None] + ox  # (c, TILE²): pixel minus piece start
+        y = (corner[:, 1] - ay)[:, None] + oy
+        abx, aby = abx[:, None], aby[:, None]
         edges = check_edges and bool(nonzero_rule[s].any())
         if edges:  # which side of the piece each pixel is on (needed below, before x is overwritten)
-            left = (ab[pp, 0, None] * y - ab[pp, 1, None] * x) > 0
-        dot = x * ab[pp, 0, None]
-        dot.addcmul_(y, ab[pp, 1, None])
-        t = (dot * inverse[pp, None]).clamp_(0, 1)
+            left = (abx * y - aby * x) > 0
+        dot = x * abx
+        dot.addcmul_(y, aby)
+        t = (dot * inverse[:, None]).clamp_(0, 1)
         d2 = x.mul_(x).addcmul_(y, y)  # |p - a|²
-        d2.add_((t * length2[pp, None]).sub_(dot, alpha=2).mul_(t))  # - t (2 p·ab - t |ab|²)
+        d2.add_((t * length2[:, None]).sub_(dot, alpha=2).mul_(t))  # - t (2 p·ab - t |ab|²)
         score = d2.clamp_min_(0).sqrt_().neg_().add_(radius[s, None])
         key = score.mul_(_SCALE).round_().long().mul_(1 << _SHIFT).add_(pp[:, None])
         index = (pf[:, None] * _PIX + pix).flatten()
@@ -214,27 +218,28 @@ def _bin(a, b, r, layer, st: Structure, width: int, height: int, chunk: int):
             key.masked_fill_(nonzero_rule[s, None] & ~boundary, lowest)
         best.scatter_reduce_(0, index, key.flatten(), "amax")
     best, wind = best.view(nf, _PIX), wind.view(nf, _PIX)
-    found = best != lowest
-    win = torch.where(found, best & ((1 << _SHIFT) - 1), -1)
-    score = torch.where(found, (best >> _SHIFT).to(dtype) / _SCALE, -math.inf)
     inside = torch.where(st.layer_even_odd[frag_layer][:, None], wind % 2 == 1, wind != 0)
+    reach = best > int(-0.5 * _SCALE) * (1 << _SHIFT)  # coverage can be > 0: the distance is under r + 1/2
     fill_frag = (st.layer_kind[frag_layer] == FILL)[:, None]
-    px = (origin[:, None, 0] + ox).floor().long()
-    py = (origin[:, None, 1] + oy).floor().long()
-    active = (px < width) & (py < height) & torch.where(fill_frag, inside | (score > -0.5), score > -0.5)
+    tx, ty = frag_tile % nx * TILE, frag_tile // nx * TILE
+    on_canvas = (tx[:, None] + pix % TILE < width) & (ty[:, None] + pix // TILE < height)
+    active = on_canvas & torch.where(fill_frag, inside | reach, reach)
     # Each pixel's layers, bottom first, numbered 0, 1, ...: rows of a tile are consecutive and in layer order,
     # so a pixel's level is the count of active rows above it within its tile. Entries are returned level by
     # level, so compositing is one vectorised step per level (every pixel appears at most once in each).
     counts = active.int().cumsum(0)
     first = torch.nonzero(torch.diff(frag_tile, prepend=frag_tile[:1] - 1)).squeeze(1)
     tile_first = torch.repeat_interleave(first, torch.diff(first, append=first.new_tensor([nf])))
-    level = counts - torch.cat([counts.new_zeros(1, _PIX), counts])[tile_first] - 1
-    row, k = torch.nonzero(active, as_tuple=True)
-    level = level[row, k]
-    level, order = torch.sort(level)
-    row, k = row[order], k[order]
+    level = counts - torch.cat([counts.new_zeros(1, _PIX), counts]).index_select(0, tile_first) - 1
+    flat = torch.nonzero(active.view(-1)).squeeze(1)  # entry = row * TILE² + pixel within the tile
+    level, order = torch.sort(level.view(-1).index_select(0, flat))
+    flat = flat.index_select(0, order)
+    row, k = flat // _PIX, flat % _PIX
     levels = torch.bincount(level).tolist() if level.numel() else []
-    return py[row, k] * width + px[row, k], frag_layer[row], win[row, k], inside[row, k], levels
+    pixel = (ty.index_select(0, row) + k // TILE) * width + tx.index_select(0, row) + k % TILE
+    piece = (best.view(-1).index_select(0, flat) & ((1 << _SHIFT) - 1))
+    piece = torch.where(best.view(-1).index_select(0, flat) == lowest, -1, piece)
+    return pixel, frag_layer.index_select(0, row), piece, inside.view(-1).index_select(0, flat), levels
 
 
 class _Shade(torch.autograd.Function):
