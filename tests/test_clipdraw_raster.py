@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from clipag.adapters.clipdraw.geometry import FILL, STROKE, build_structure, flatten
-from clipag.adapters.clipdraw.raster import _segment_distance, rasterize
+from clipag.adapters.clipdraw.raster import rasterize
 from clipag.adapters.clipdraw.scene import Circle, Path, Rect, ShapeGroup, render
 
 RED, BLUE = torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([0.0, 0.0, 1.0, 1.0])
@@ -74,6 +74,12 @@ def test_lines_quadratics_and_cubics_agree_with_their_cubic_forms():
     group = [ShapeGroup([0], None, stroke_color=RED)]
     for a, b in ((quad, cubic), (line, line_as_cubic)):
         assert (render(80, 60, [a], group) - render(80, 60, [b], group)).abs().max() < 2e-3
+
+
+def _segment_distance(p, a, b):
+    ab, ap = b - a, p - a
+    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
+    return (ap - t[..., None] * ab).norm(dim=-1)
 
 
 def _reference(points, widths, colors, st, width, height, n=16):

@@ -52,12 +52,13 @@ def _tile_offsets(device: torch.device) -> torch.Tensor:
     return torch.stack([(k % TILE).float() + _SAMPLE_X, (k // TILE).float() + _SAMPLE_Y], dim=-1)
 
 
-def _segment_distance(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distance from points ``p`` (..., 2) to segments ``a→b`` (broadcast)."""
-    ab = b - a
-    ap = p - a
-    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
-    return (ap - t[..., None] * ab).norm(dim=-1)
+def _distance_xy(px: torch.Tensor, py: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance from points ``(px, py)`` to segments ``a→b`` ((n, 2) each), coordinates kept apart (fast)."""
+    ax, ay = a.unbind(1)
+    abx, aby = (b - a).unbind(1)
+    apx, apy = px - ax, py - ay
+    t = ((apx * abx).addcmul_(apy, aby) / (abx * abx).addcmul_(aby, aby).clamp_min_(1e-12)).clamp_(0, 1)
+    return torch.hypot(apx.sub_(t * abx), apy.sub_(t * aby))
 
 
 def _expand(counts: torch.Tensor, limit: int):
@@ -96,9 +97,10 @@ def _pairs(a, b, r, layer, st: Structure, width: int, height: int, limit: int):
         w, h = (x1 - x0 + 1).clamp(min=0), (y1 - y0 + 1).clamp(min=0)
         for owner, k in _expand(w * h, limit):
             tx, ty = x0[owner] + k % w[owner], y0[owner] + k // w[owner]
-            piece = stroke[owner]
-            centre = torch.stack([tx, ty], -1).to(a.dtype) * TILE + TILE / 2
-            keep = _segment_distance(centre, a[piece], b[piece]) <= margin[owner] + _HALF_DIAG + 1e-3
+            piece = stroke.index_select(0, owner)
+            cx, cy = tx.to(a.dtype) * TILE + TILE / 2, ty.to(a.dtype) * TILE + TILE / 2
+            near_tile = _distance_xy(cx, cy, a.index_select(0, piece), b.index_select(0, piece))
+            keep = near_tile <= margin.index_select(0, owner) + _HALF_DIAG + 1e-3
             tiles.append((ty * nx + tx)[keep])
             pieces.append(piece[keep])
             near.append(torch.ones_like(piece[keep], dtype=torch.bool))
@@ -122,8 +124,8 @@ def _pairs(a, b, r, layer, st: Structure, width: int, height: int, limit: int):
             tile_k, piece_k = k // per_layer[owner], k % per_layer[owner]
             tx, ty = x0[owner] + tile_k % w[owner], y0[owner] + tile_k // w[owner]
             piece = fill_piece[first_piece[owner] + piece_k]
-            centre = torch.stack([tx, ty], -1).to(a.dtype) * TILE + TILE / 2
-            close = _segment_distance(centre, a[piece], b[piece]) <= 0.5 + _HALF_DIAG + 1e-3
+            cx, cy = tx.to(a.dtype) * TILE + TILE / 2, ty.to(a.dtype) * TILE + TILE / 2
+            close = _distance_xy(cx, cy, a[piece], b[piece]) <= 0.5 + _HALF_DIAG + 1e-3
             top, bottom = ty * TILE + _SAMPLE_Y - 1e-3, ty * TILE + TILE - 1 + _SAMPLE_Y + 1e-3
             rows = (hi[piece, 1] >= top) & (lo[piece, 1] <= bottom)
             crosses = rows & (hi[piece, 0] >= tx * TILE + _SAMPLE_X - 1e-3)  # a ray to +x from the tile hits it
@@ -242,95 +244,110 @@ def _bin(a, b, r, layer, st: Structure, width: int, height: int, chunk: int):
     return pixel, frag_layer.index_select(0, row), piece, inside.view(-1).index_select(0, flat), levels
 
 
+def _scatter_sum(index: torch.Tensor, values: torch.Tensor, size: int) -> torch.Tensor:
+    """``out[j] = sum(values[..., i] for index[i] == j)`` per row of ``values`` ``(C, E)`` → ``(C, size)``.
+
+    ``bincount`` with weights is one pass over the entries; ``index_add_`` into a small table of rows was
+    several times slower on the CPU."""
+    return torch.stack([torch.bincount(index, weights=v, minlength=size) for v in values]).to(values.dtype)
+
+
 class _Shade(torch.autograd.Function):
     """Coverage of every active fragment pixel and "over" compositing per pixel, with a hand-derived backward.
 
     Autograd through the same maths runs ~800 small ops per render; this forward and backward are a few dozen
-    vectorised ops plus a handful per depth level, which is what makes CPU rendering fast.
-    Output ``(H*W, 5)``: premultiplied RGB, alpha, union coverage.
+    vectorised ops plus a handful per depth level, which is what makes CPU rendering fast. Per-entry values
+    are kept as rows of ``(C, E)`` tensors (structure of arrays): reductions over a few coordinates of
+    ``(E, C)`` tensors were the slowest ops. Output ``(H*W, 5)``: premultiplied RGB, alpha, union coverage.
     """
 
     @staticmethod
     def forward(ctx, a, b, r, colors, kinds, pixel, layer, piece, inside, levels, width, height):
-        p = torch.stack([pixel % width, pixel // width], -1).to(a.dtype)
-        p[:, 0] += _SAMPLE_X
-        p[:, 1] += _SAMPLE_Y
+        dtype = a.dtype
         w = piece.clamp(min=0)
-        pa = a[w]
-        ab = b[w] - pa
-        ap = p.sub_(pa)
-        t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp_(0, 1)
-        e = ap.sub_(t[:, None] * ab)  # from the closest point to the pixel centre
-        d = e.norm(dim=-1)
-        u = e.div_(d.clamp_min(1e-7)[:, None])  # the direction in which the distance grows
+        ax, ay, abx, aby, rr = torch.stack([a[:, 0], a[:, 1], b[:, 0] - a[:, 0], b[:, 1] - a[:, 1], r]
+                                           ).index_select(1, w).unbind(0)
+        ex = (pixel % width).to(dtype).add_(_SAMPLE_X).sub_(ax)  # pixel minus piece start
+        ey = (pixel // width).to(dtype).add_(_SAMPLE_Y).sub_(ay)
+        t = ((ex * abx).addcmul_(ey, aby) / (abx * abx).addcmul_(aby, aby).clamp_min_(1e-12)).clamp_(0, 1)
+        ex.sub_(t * abx)  # now from the closest point to the pixel centre
+        ey.sub_(t * aby)
+        d = torch.hypot(ex, ey)
+        ux, uy = ex.div_(d.clamp_min(1e-7)), ey.div_(d.clamp_min(1e-7))  # the direction the distance grows in
         on_edge = torch.nonzero(d <= 1e-7).squeeze(1)
         if on_edge.numel():
             # A pixel centre exactly on an edge has no such direction; the crossing rule counts it as lying on
             # the edge's +x side (+y for a horizontal edge), so use the edge normal pointing there.
-            n = torch.stack([-ab[on_edge, 1], ab[on_edge, 0]], -1)
-            n = torch.where(torch.where(n[:, :1] != 0, n[:, :1] < 0, n[:, 1:] < 0), -n, n)
-            u[on_edge] = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        rr = r[w]
+            nx, ny = -aby[on_edge], abx[on_edge]
+            flip = torch.where(nx != 0, nx < 0, ny < 0)
+            norm = torch.hypot(nx, ny).clamp_min(1e-12)
+            ux[on_edge] = torch.where(flip, -nx, nx) / norm
+            uy[on_edge] = torch.where(flip, -ny, ny) / norm
         band = torch.minimum(d + 0.5, rr) - torch.maximum(d - 0.5, -rr)  # a width-2r band, box-filtered
-        sign = inside.to(a.dtype) * 2 - 1
-        is_stroke = kinds[layer] == STROKE
+        sign = inside.to(dtype) * 2 - 1
+        is_stroke = kinds.index_select(0, layer) == STROKE
         has_edge = piece >= 0
-        raw = torch.where(is_stroke, band, torch.where(has_edge, 0.5 + sign * d, inside.to(a.dtype)))
+        raw = torch.where(is_stroke, band, torch.where(has_edge, 0.5 + sign * d, inside.to(dtype)))
         f = raw.clamp(0, 1)
-        color = colors[layer]
-        alpha = color[:, 3] * f
-        keep = torch.stack([1 - alpha, 1 - f], -1)  # what each layer lets through: of colour, of coverage
-        factors = torch.cat([keep[:, :1].expand(-1, 4), keep[:, 1:]], 1)
-        adds = torch.cat([alpha[:, None] * color[:, :3], torch.zeros_like(keep)], 1)
-        state = torch.zeros(width * height, 5, dtype=a.dtype, device=a.device)  # premultiplied rgb, τ_alpha, τ_f
+        color = colors.t().index_select(1, layer)  # (4, E)
+        alpha = color[3] * f
+        n = pixel.numel()
+        adds = torch.zeros(n, 5, dtype=dtype, device=a.device)  # per entry: premultiplied rgb it adds ...
+        adds[:, :3] = (color[:3] * alpha).t()
+        factors = torch.empty(n, 5, dtype=dtype, device=a.device)  # ... and what it lets through
+        factors[:, :4] = (1 - alpha)[:, None]
+        factors[:, 4] = 1 - f
+        state = torch.zeros(width * height, 5, dtype=dtype, device=a.device)  # premultiplied rgb, τ_alpha, τ_f
         state[:, 3:] = 1
         below = torch.empty_like(adds)  # the composite under each layer, for the backward pass
         start = 0
-        for n in levels:
-            s = slice(start, start + n)
+        for count in levels:
+            s = slice(start, start + count)
             px = pixel[s]
-            current = state[px]
+            current = state.index_select(0, px)
             below[s] = current
-            state[px] = torch.addcmul(adds[s], current, factors[s])
-            start += n
-        ctx.save_for_backward(a, b, r, colors, pixel, layer, w, t, u, d, rr, f, raw, sign, is_stroke, has_edge,
-                              below, alpha, keep)
-        ctx.levels = levels
+            state.index_copy_(0, px, torch.addcmul(adds[s], current, factors[s]))
+            start += count
+        ctx.save_for_backward(colors, pixel, layer, w, t, ux, uy, d, rr, f, raw, sign, is_stroke, has_edge,
+                              below, alpha)
+        ctx.levels, ctx.sizes = levels, (a.shape[0], r.shape[0])
         state[:, 3:] = 1 - state[:, 3:]
         return state
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, r, colors, pixel, layer, w, t, u, d, rr, f, raw, sign, is_stroke, has_edge, below, alpha, keep = \
+        colors, pixel, layer, w, t, ux, uy, d, rr, f, raw, sign, is_stroke, has_edge, below, alpha = \
             ctx.saved_tensors
         # what lies above each layer: the product of the others' keep factors, accumulated from the top down
+        keep = torch.stack([1 - alpha, 1 - f], 1)
         above = torch.ones(grad.shape[0], 2, dtype=grad.dtype, device=grad.device)
         transmit = torch.empty_like(keep)
         stop = pixel.numel()
-        for n in reversed(ctx.levels):
-            s = slice(stop - n, stop)
+        for count in reversed(ctx.levels):
+            s = slice(stop - count, stop)
             px = pixel[s]
-            current = above[px]
+            current = above.index_select(0, px)
             transmit[s] = current
-            above[px] = current * keep[s]
-            stop -= n
-        g = grad[pixel]  # (E, 5)
-        color = colors[layer]
+            above.index_copy_(0, px, current * keep[s])
+            stop -= count
+        t_alpha, t_f = transmit.t().contiguous()
+        g = grad.index_select(0, pixel).t().contiguous()  # (5, E)
+        under = below.t().contiguous()
+        color = colors.t().index_select(1, layer)
         # d P/d alpha_i = (c_i - below_i) T_i, d A/d alpha_i = tau_below_i T_i, d U/d f_i = tau_f,below_i T_f,i
-        g_alpha = transmit[:, 0] * ((g[:, :3] * (color[:, :3] - below[:, :3])).sum(-1) + g[:, 3] * below[:, 3])
-        g_color = torch.cat([g[:, :3] * (alpha * transmit[:, 0])[:, None], (g_alpha * f)[:, None]], 1)
-        grad_colors = torch.zeros_like(colors).index_add_(0, layer, g_color)
-        g_f = (g_alpha * color[:, 3] + g[:, 4] * below[:, 4] * transmit[:, 1]) * ((raw > 0) & (raw < 1))
+        g_alpha = t_alpha * ((g[:3] * (color[:3] - under[:3])).sum(0) + g[3] * under[3])
+        grad_colors = _scatter_sum(layer, torch.cat([g[:3] * (alpha * t_alpha), (g_alpha * f)[None]]),
+                                   colors.shape[0]).t()
+        g_f = (g_alpha * color[3] + g[4] * under[4] * t_f) * ((raw > 0) & (raw < 1))
         # stroke band = min(d + 1/2, r) - max(d - 1/2, -r); fill ramp = 1/2 ± d
         d_band_d = (d + 0.5 < rr).to(d.dtype) - (d - 0.5 > -rr).to(d.dtype)
         d_band_r = (rr <= d + 0.5).to(d.dtype) + (-rr >= d - 0.5).to(d.dtype)
         g_d = g_f * torch.where(is_stroke, d_band_d, sign * has_edge)
-        g_r = g_f * d_band_r * is_stroke
-        pull = g_d[:, None] * u  # d distance / d closest point = -u
-        grad_a = torch.zeros_like(a).index_add_(0, w, (t - 1)[:, None] * pull)
-        grad_b = torch.zeros_like(b).index_add_(0, w, -t[:, None] * pull)
-        grad_r = torch.zeros_like(r).index_add_(0, w, g_r)
-        return grad_a, grad_b, grad_r, grad_colors, None, None, None, None, None, None, None, None
+        pull_x, pull_y = g_d * ux, g_d * uy  # d distance / d closest point = -u
+        m, nr = ctx.sizes
+        ends = _scatter_sum(w, torch.stack([(t - 1) * pull_x, (t - 1) * pull_y, -t * pull_x, -t * pull_y,
+                                            g_f * d_band_r * is_stroke]), m)
+        return ends[:2].t(), ends[2:4].t(), ends[4][:nr], grad_colors, None, None, None, None, None, None, None, None
 
 
 def rasterize(points: torch.Tensor, widths: torch.Tensor, colors: torch.Tensor, structure: Structure,
