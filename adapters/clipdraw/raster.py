@@ -1,7 +1,7 @@
 """A differentiable vector rasterizer in plain PyTorch, with diffvg's conventions.
 
-Why hand-written: diffvg (the rasterizer CLIPDraw and its successors use) is a C++/CUDA source build that no
-longer compiles on current toolchains, and no maintained pip package rasterizes Bézier strokes with gradients.
+Why hand-written: diffvg (the rasterizer CLIPDraw and its successors use) is a C++/CUDA source build, not on
+PyPI, that fails on recent systems, and no maintained pip package rasterizes Bézier strokes with gradients.
 
 What it computes (diffvg's semantics, read from its ``diffvg.cpp``; details in docs/clipdraw.md):
 
@@ -17,12 +17,13 @@ point samples of the *un-premultiplied* colour, so its output is a random estima
 straight colour; :func:`rasterize` returns that estimate's expectation under a standard independence
 assumption (``U·P/A``: premultiplied colour ``P``, alpha ``A`` and union coverage ``U``), which equals
 diffvg's at every interior pixel and at every edge against empty canvas or an opaque background. Gradients
-come from autograd through the distances (the analytic edge ramp plays the role of diffvg's edge sampling).
+come from the distances (the analytic edge ramp plays the role of diffvg's edge sampling).
 
-How it stays fast and bounded: the canvas is cut into 8×8 tiles; each line piece is binned to the tiles its
-capsule can reach, distances are computed only for those (tile, piece) pairs without autograd and in
-chunks, and only the winning piece of each (tile, layer, pixel) is re-evaluated with gradients. Compositing
-is a segmented product scan over the layers of each tile. Nothing is ever layers × pixels × samples.
+How it stays fast and bounded: the canvas is cut into 4×4 tiles; each line piece is binned to the tiles its
+capsule (or a fill's winding-number ray) can reach; distances are computed only for those (tile, piece)
+pairs, without autograd and in chunks, and reduced to the nearest piece per (layer, pixel). Only the pixels
+a layer covers are then shaded, by a ``torch.autograd.Function`` with a hand-derived backward, compositing
+one depth level at a time. Memory follows the covered area, never layers × pixels × samples.
 """
 
 from __future__ import annotations
