@@ -144,17 +144,43 @@ class Packed:
     structure: Structure
 
 
-_structures: dict[tuple, Structure] = {}  # topology -> Structure, so an optimization loop packs cheaply
+@dataclass
+class _Plan:
+    """How a topology packs: the Structure, and where each packed path, width and colour comes from."""
+
+    structure: Structure
+    paths: list[int]  # shape index of each packed path (an open path filled as closed appears twice)
+    colors: list[tuple[int, str]]  # (group index, "stroke_color" | "fill_color") of each layer
+    keep_alive: list[Any]  # the tensors the key names by identity, so their ids cannot be reused
 
 
-def pack(shapes: Sequence[Any], groups: Sequence[Any], device: torch.device | str | None = None) -> Packed:
-    """Shapes and shape groups → :class:`Packed`.
+_plans: dict[tuple, _Plan] = {}
 
-    A fill of an open path is filled as SVG fills it (closed by a line back to its start; diffvg warns that its
-    own result is undefined, and so do we) while its stroke stays open.
-    """
+
+def _identity(t: Any) -> Any:
+    """A cheap key for a tensor's value: its identity and version (in-place edits bump the version)."""
+    return (id(t), t._version) if isinstance(t, torch.Tensor) else repr(t)
+
+
+def _topology(shapes: Sequence[Any], groups: Sequence[Any], device: torch.device) -> tuple:
+    """What decides the Structure, named without reading tensor values (an optimization loop packs the same
+    topology every step; reading 256 small tensors back each time cost more than the render)."""
+    parts: list[Any] = [str(device)]
+    for s in shapes:
+        ncp = getattr(s, "num_control_points", None)
+        points = getattr(s, "points", None)
+        parts.append((type(s).__name__, _identity(ncp), getattr(s, "is_closed", True),
+                      None if points is None else tuple(points.shape), tuple(s.stroke_width.shape)))
+    for g in groups:
+        parts.append((_identity(g.shape_ids), g.fill_color is None, g.stroke_color is None,
+                      bool(g.use_even_odd_rule), _identity(getattr(g, "shape_to_canvas", None)),
+                      *(type(c).__name__ if not isinstance(c, torch.Tensor) else tuple(c.shape)
+                        for c in (g.fill_color, g.stroke_color))))
+    return tuple(parts)
+
+
+def _plan(shapes: Sequence[Any], groups: Sequence[Any], device: torch.device) -> _Plan:
     geometry = [as_paths(s) for s in shapes]
-    widths = []
     for i, (points, ncp, closed) in enumerate(geometry):
         if points.dim() != 2 or points.shape[1] != 2:
             raise ValueError(f"shape {i}: points must be (n, 2), got {tuple(points.shape)}")
@@ -162,11 +188,11 @@ def pack(shapes: Sequence[Any], groups: Sequence[Any], device: torch.device | st
         if points.shape[0] != expected:
             raise ValueError(f"shape {i}: {len(ncp)} segments with num_control_points {ncp} need {expected} "
                              f"points ({'closed' if closed else 'open'} path), got {points.shape[0]}")
-        width = shapes[i].stroke_width
-        if width.numel() != 1:
+        if shapes[i].stroke_width.numel() != 1:
             raise NotImplementedError("per-point stroke widths (one Path.stroke_width per point) are not covered "
                                       "by clipag's rasterizer; use one width per path")
-        widths.append(width.reshape(()))
+    ncps, closed_flags = [g[1] for g in geometry], [g[2] for g in geometry]
+    paths = list(range(len(shapes)))
     closed_copy: dict[int, int] = {}  # open path -> its implicitly closed copy, for fills
     layers, colors, transforms = [], [], []
     for g, group in enumerate(groups):
@@ -175,38 +201,54 @@ def pack(shapes: Sequence[Any], groups: Sequence[Any], device: torch.device | st
             raise ValueError(f"shape group {g} refers to shapes {ids}, but there are {len(shapes)} shapes")
         stroke, fill = _color(group.stroke_color, "stroke"), _color(group.fill_color, "fill")
         fill_ids = ids
-        if fill is not None and any(not geometry[i][2] for i in ids):
+        if fill is not None and any(not closed_flags[i] for i in ids):
             warnings.warn(f"shape group {g} fills an open path; it is closed by a straight line for the fill, "
-                          "as SVG does (diffvg's result is undefined)", stacklevel=2)
+                          "as SVG does (diffvg's result is undefined)", stacklevel=3)
             for i in ids:
-                if not geometry[i][2] and i not in closed_copy:
-                    closed_copy[i] = len(geometry)
-                    geometry.append((geometry[i][0], [*geometry[i][1], 0], True))
-                    widths.append(widths[i])
+                if not closed_flags[i] and i not in closed_copy:
+                    closed_copy[i] = len(paths)
+                    paths.append(i)
+                    ncps.append([*ncps[i], 0])
+                    closed_flags.append(True)
             fill_ids = [closed_copy.get(i, i) for i in ids]
-        for kind, color, members in ((STROKE, stroke, ids), (FILL, fill, fill_ids)):  # diffvg: fill over stroke
+        for kind, color, members, attr in ((STROKE, stroke, ids, "stroke_color"),
+                                           (FILL, fill, fill_ids, "fill_color")):  # diffvg: fill over stroke
             if color is not None:
                 layers.append((kind, tuple(members), bool(group.use_even_odd_rule)))
-                colors.append(color)
+                colors.append((g, attr))
                 transforms.append(getattr(group, "shape_to_canvas", None))
+    structure = build_structure(ncps, closed_flags, layers, transforms, device)
+    keep = [getattr(s, "num_control_points", None) for s in shapes]
+    keep += [t for g in groups for t in (g.shape_ids, getattr(g, "shape_to_canvas", None))]
+    return _Plan(structure, paths, colors, keep)
+
+
+def pack(shapes: Sequence[Any], groups: Sequence[Any], device: torch.device | str | None = None) -> Packed:
+    """Shapes and shape groups → :class:`Packed`.
+
+    A fill of an open path is filled as SVG fills it (closed by a line back to its start; diffvg warns that its
+    own result is undefined, and so do we) while its stroke stays open.
+    """
     if device is None:
-        device = geometry[0][0].device if geometry else torch.device("cpu")
+        first = next((getattr(s, "points", getattr(s, "center", None)) for s in shapes), None)
+        device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
-    key = (tuple((tuple(ncp), closed) for _, ncp, closed in geometry), tuple(layers),
-           tuple(None if t is None else tuple(torch.as_tensor(t).reshape(-1).tolist()) for t in transforms),
-           str(device))
-    structure = _structures.get(key)
-    if structure is None:
-        structure = build_structure([g[1] for g in geometry], [g[2] for g in geometry], layers, transforms, device)
-        if len(_structures) >= 64:
-            _structures.clear()
-        _structures[key] = structure
-    dtype = geometry[0][0].dtype if geometry else torch.float32
-    points = torch.cat([p for p, _, _ in geometry]).to(device, dtype) if geometry \
+    key = _topology(shapes, groups, device)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plan(shapes, groups, device)
+        if len(_plans) >= 64:
+            _plans.clear()
+        _plans[key] = plan
+    points = [s.points if isinstance(s, Path) else as_paths(s)[0] for s in shapes]
+    dtype = points[0].dtype if points else torch.float32
+    packed_points = torch.cat([points[i] for i in plan.paths]).to(device, dtype) if points \
         else torch.zeros(0, 2, device=device, dtype=dtype)
-    widths_t = torch.stack(widths).to(device, dtype) if widths else torch.zeros(0, device=device, dtype=dtype)
-    colors_t = torch.stack(colors).to(device, dtype) if colors else torch.zeros(0, 4, device=device, dtype=dtype)
-    return Packed(points, widths_t, colors_t, structure)
+    widths = torch.stack([shapes[i].stroke_width.reshape(()) for i in plan.paths]).to(device, dtype) if points \
+        else torch.zeros(0, device=device, dtype=dtype)
+    colors = torch.stack([getattr(groups[g], attr) for g, attr in plan.colors]).to(device, dtype) if plan.colors \
+        else torch.zeros(0, 4, device=device, dtype=dtype)
+    return Packed(packed_points, widths, colors, plan.structure)
 
 
 def render(width: int, height: int, shapes: Sequence[Any], groups: Sequence[Any], *, samples: int = 1,
