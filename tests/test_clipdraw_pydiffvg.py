@@ -164,3 +164,20 @@ def test_upstream_call_sequence_runs_under_clipag_run_device_cpu(tmp_path):
 
     width, height, shapes, groups = load_svg(out / "final.svg")
     assert (width, height, len(shapes), len(groups)) == (224, 224, 16, 16)
+
+
+def test_cached_topology_follows_edits_to_the_scene():
+    """pack() caches each topology by tensor identity and version; in-place edits and new objects are seen."""
+    a = pydiffvg.Path(torch.tensor([0], dtype=torch.int32), torch.tensor([[5.0, 5.0], [25.0, 5.0]]), False,
+                      torch.tensor(2.0))
+    b = pydiffvg.Path(torch.tensor([0], dtype=torch.int32), torch.tensor([[5.0, 20.0], [25.0, 20.0]]), False,
+                      torch.tensor(2.0))
+    group = pydiffvg.ShapeGroup(torch.tensor([0]), None, stroke_color=torch.tensor([1.0, 0, 0, 1]))
+    render = lambda: pydiffvg.RenderFunction.apply(32, 32, 2, 2, 0, None,
+                                                   *pydiffvg.RenderFunction.serialize_scene(32, 32, [a, b], [group]))
+    assert render()[5, 15, 3] == 1 and render()[20, 15, 3] == 0
+    group.shape_ids[0] = 1  # in place: the version changes
+    assert render()[5, 15, 3] == 0 and render()[20, 15, 3] == 1
+    b.num_control_points = torch.tensor([1], dtype=torch.int32)  # a new tensor and a new topology
+    b.points = torch.tensor([[5.0, 20.0], [15.0, 30.0], [25.0, 20.0]])
+    assert render()[20, 15, 3] == 0 and render()[24, 15, 3] == 1  # the quadratic bends down to y≈25
