@@ -50,6 +50,13 @@ def ours(leaves, structure, size):
     return image[..., :3]
 
 
+def ours_2x2(leaves, structure, size):
+    """diffvg's 2×2 samples taken literally: 2×2 sub-pixels, each filtered analytically, averaged."""
+    image = rasterize(*leaves, structure, size, size, samples=2,
+                      background=torch.ones(size, size, 4, device=leaves[0].device))
+    return image[..., :3]
+
+
 def baseline(leaves, structure, size):
     """Per stroke: distance of every pixel of its bounding box to its line pieces, then "over" in order."""
     points, widths, colors = leaves
@@ -170,7 +177,7 @@ def clipdraw_step(args) -> None:
         optimizer.step()
         optimizer.zero_grad()
         sync(), marks.append(time.process_time())
-        for key, a, b in zip(list(parts)[:6], marks, marks[1:], strict=True):
+        for key, a, b in zip(list(parts)[:6], marks[:-1], marks[1:], strict=True):
             parts[key].append((b - a) * 1e3)
         parts["step"].append((marks[-1] - marks[0]) * 1e3)
 
@@ -219,16 +226,18 @@ def main() -> None:
     print("\n1. 256 strokes at 224x224, forward + backward (wall ms / CPU ms / peak MiB):")
     for late in (False, True):
         leaves, st = scene(256, 224, late, args.device)
-        fwd_bwd(ours, leaves, st, 224)(), fwd_bwd(baseline, leaves, st, 224)()
+        for impl in (ours, ours_2x2, baseline):
+            fwd_bwd(impl, leaves, st, 224)()
         results = {}
         for _ in range(args.reps):  # interleave the two
-            for name, impl in (("clipag", ours), ("baseline", baseline)):
+            for name, impl in (("clipag", ours), ("clipag 2x2", ours_2x2), ("baseline", baseline)):
                 results.setdefault(name, []).append(timed(fwd_bwd(impl, leaves, st, 224), 1, sync))
         med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in results.items()}
-        mem = {k: peak_memory(args, "ours" if k == "clipag" else "baseline", 256, 224, late) for k in med}
+        names = {"clipag": "ours", "clipag 2x2": "ours_2x2", "baseline": "baseline"}
+        mem = {k: peak_memory(args, names[k], 256, 224, late) for k in med}
         label = "later-stage scene" if late else "CLIPDraw's start "
         for k, (w, c) in med.items():
-            print(f"   {label} {k:9s} {w:8.1f} {c:8.1f} {mem[k]:8.1f}")
+            print(f"   {label} {k:10s} {w:8.1f} {c:8.1f} {mem[k]:8.1f}")
         print(f"   {label} ratio (baseline/clipag, CPU time): {med['baseline'][1] / med['clipag'][1]:.1f}x")
     print("\n2. scaling, clipag, forward + backward CPU ms (start / later-stage scene):")
     for strokes in (16, 64, 256, 1024):
