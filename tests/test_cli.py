@@ -30,6 +30,22 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and "download" in result.stdout
 
 
+def test_help_lists_every_command_without_importing_torch():
+    """`clipag --help` builds every sub-command's parser; the adapters must keep theirs torch-free."""
+    code = ("import sys, contextlib, io\n"
+            "from clipag import cli\n"
+            "out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+            "    cli.main(['--help'])\n"
+            "print(out.getvalue())\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for command in ("generate", "draw", "vqgan", "run", "download"):
+        assert command in result.stdout
+    assert result.stdout.strip().endswith("NO-TORCH")
+
+
 def test_download_offline_is_actionable(tmp_path):
     result = _run(["download", "ViT-B/32"], tmp_path, CLIPAG_OFFLINE="1")
     assert result.returncode == 1

@@ -1,0 +1,98 @@
+"""``clipag draw``: CLIPDraw from the command line. Only argparse is imported here (``clipag --help`` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["register_draw"]
+
+
+def _label(model: str) -> str:
+    return Path(model).name if Path(model).exists() else model
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from clipag.images import labelled_grid, numbered, save_gif, save_png
+
+    from .drawer import DrawConfig, Drawer, DrawingInterrupted
+
+    try:
+        if any(not p.strip() for p in args.prompts):
+            raise ValueError("a prompt is empty: describe the drawing, e.g. \"a watercolor painting of a fox\"")
+        if args.n < 1:
+            raise ValueError("-n must be >= 1")
+        knobs = {k: v for k, v in (("strokes", args.strokes), ("size", args.size), ("keep", args.keep),
+                                   ("augmentations", args.augmentations)) if v is not None}
+        config = dataclasses.replace(DrawConfig(), steps=args.steps, normalize=args.normalize,
+                                     negative=args.negative, **knobs)
+        drawers = [(args.model, Drawer(args.model, device=args.device, config=config))]
+        if args.compare:
+            drawers.append((args.compare, Drawer(args.compare, device=args.device, config=config)))
+    except (ValueError, TypeError) as e:
+        print(f"clipag draw: error: {e}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    jobs = [(prompt, args.seed + k) for prompt in args.prompts for k in range(args.n)]
+    several = len(jobs) > 1 or len(drawers) > 1
+    if not args.quiet:
+        device = drawers[0][1].device
+        print(f"{len(jobs)} drawing(s) x {len(drawers)} model(s), {config.strokes} strokes, {config.steps} steps, "
+              f"{device}", file=sys.stderr)
+    cells: dict[str, list] = {prompt: [] for prompt in args.prompts}
+    status = 0
+    for m, (_, drawer) in enumerate(drawers):
+        for i, (prompt, seed) in enumerate(jobs):
+            try:
+                result = drawer.run(prompt, seed=seed, progress=not args.quiet)
+            except DrawingInterrupted as stop:
+                result, status = stop.result, 130
+            tag = f"{i:03d}" if m == 0 else f"compare-{i:03d}"
+            svg = numbered(output, tag) if several else output
+            print(result.save_svg(svg))
+            if args.png:
+                print(save_png(result.image, numbered(args.png, tag) if several else args.png))
+            if args.frames and result.frames:
+                print(save_gif([*result.frames, result.image], numbered(args.frames, tag) if several else args.frames))
+            cells[prompt].append(result.image)
+            if status:
+                print(f"interrupted at step {result.steps_done}: wrote the best drawing so far "
+                      f"(step {result.best_step})", file=sys.stderr)
+                return status
+    if several:
+        grid = labelled_grid([cells[p] for p in args.prompts], row_labels=list(args.prompts),
+                             group_labels=[_label(name) for name, _ in drawers], group_size=args.n)
+        print(save_png(grid, Path(args.grid) if args.grid else numbered(output.with_suffix(".png"), "grid")))
+    return status
+
+
+def register_draw(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("draw", help="CLIPDraw: optimize vector strokes so CLIP(AG) sees the prompt; writes SVG",
+                       description="CLIPDraw (kvfrans/clipdraw) with any model clipag.load takes, with a pure-PyTorch "
+                                   "rasterizer (no diffvg). Defaults are upstream's: 256 strokes, 1000 steps.")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT")
+    p.add_argument("--model", default="ViT-B/32", help="registry name, hf-hub: id or path (default ViT-B/32 = CLIPAG)")
+    p.add_argument("--compare", default=None, metavar="MODEL",
+                   help="also draw with MODEL from the same seeds and start strokes; writes a labelled grid")
+    p.add_argument("--strokes", type=int, default=None, help="number of strokes (default 256)")
+    p.add_argument("--steps", type=int, default=1000, help="optimization steps (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=int, default=1, help="drawings per prompt (seeds SEED, SEED+1, ...)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("-o", "--output", default="drawing.svg", help="SVG path (several drawings are numbered "
+                                                                 "NAME-000.svg, ...; a grid NAME-grid.png)")
+    p.add_argument("--png", default=None, help="also write the drawing as PNG")
+    p.add_argument("--frames", default=None, metavar="GIF", help="also write the optimization as an animated GIF")
+    p.add_argument("--grid", default=None, help="where to write the grid (default NAME-grid.png)")
+    p.add_argument("--size", type=int, default=None, help="canvas side in pixels (default 224)")
+    p.add_argument("--augmentations", type=int, default=None, help="augmented views per step (default 4)")
+    p.add_argument("--negative", action="store_true", help="upstream's negative prompts at weight 0.3")
+    p.add_argument("--normalize", action="store_true", help="normalize views with the model's mean/std "
+                                                            "(upstream's default is not to)")
+    p.add_argument("--keep", choices=("last", "best"), default=None,
+                   help="keep the last drawing (default, as upstream) or the lowest-loss one")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_draw)
