@@ -119,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands() -> list:
     """Sub-commands that live with their feature (generation, priors)."""
+    from .adapters.clipstyler.cli import register_style
     from .generation_cli import register_generate, register_prior
 
-    return [register_generate, register_prior]
+    return [register_generate, register_prior, register_style]
 
 
 def main(argv: list[str] | None = None) -> int:
