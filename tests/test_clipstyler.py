@@ -268,6 +268,20 @@ def test_learning_rate_schedule_is_step_lr(models, photo):
     assert session.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4 / 4)
 
 
+def test_source_text_and_templates_are_knobs(models, photo):
+    import torch.nn.functional as F
+
+    from clipag.tokenizer import tokenize
+
+    styler = Styler(str(models["a"]), device="cpu", vgg=VGGContent.random(), config=small_config(templates=("{}",)))
+    session = styler.session(photo, "fire", source="a red ring")
+    with torch.no_grad():
+        fire, ring = F.normalize(styler.model.encode_text(tokenize(["fire", "a red ring"])), dim=-1)
+    assert torch.allclose(session.direction[0], F.normalize(fire - ring, dim=-1), atol=1e-6)
+    with pytest.raises(ValueError, match="needs a"):
+        StyleConfig(templates=("no slot",)).validate()
+
+
 def test_callback_interrupt_keeps_the_current_result(models, photo):
     styler = Styler(str(models["a"]), device="cpu", vgg=VGGContent.random(), config=small_config(steps=10))
 

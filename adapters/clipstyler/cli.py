@@ -25,7 +25,7 @@ def cmd_style(args: argparse.Namespace) -> int:
 
     try:
         knobs = {key: value for key, value in (("crops", args.crops), ("crop_size", args.crop_size),
-                                                ("lr", args.lr)) if value is not None}
+                                                ("lr", args.lr), ("amp", args.amp)) if value is not None}
         config = dataclasses.replace(StyleConfig(), steps=args.steps, size=tuple(args.size), **knobs,
                                      contrast=None if args.raw else 1.5)
         config.validate()
@@ -93,6 +93,8 @@ def register_style(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", type=int, default=None, help="patch crops per step (default 64)")
     p.add_argument("--crop-size", type=int, default=None, help="patch crop side in pixels (default 128)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-4)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=None,
+                   help="autocast for CLIP (default auto: bf16/fp16 on CUDA, off on CPU)")
     p.add_argument("--raw", action="store_true",
                    help="write StyleNet's output as is (default: contrast x1.5 and stretched, as upstream saves)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -60,6 +60,7 @@ class StyleConfig:
     lambda_tv: float = 2e-3
     lambda_dir: float = 500.0
     source: str = L.SOURCE_TEXT
+    templates: tuple[str, ...] | None = None  # prompt templates averaged per text; None = the 79 ImageNet ones
     contrast: float | None = 1.5  # upstream's saved image: contrast ×1.5, then stretched to [0, 1]; None = raw
     amp: str = "auto"  # autocast for CLIP: auto (CUDA bf16/fp16, CPU off) | bf16 | fp16 | off
     fast: bool = True  # clipag.speed's encoder fast paths (same maths); CLIP's weights are frozen either way
@@ -73,6 +74,8 @@ class StyleConfig:
                                  f"times), got {self.size!r}")
             if self.crop_size > min(self.size):
                 raise ValueError(f"crop_size {self.crop_size} is larger than the image {self.size}")
+        if self.templates is not None and (not self.templates or any("{}" not in t for t in self.templates)):
+            raise ValueError(f"every template needs a {{}} for the text, got {self.templates!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
 
@@ -187,7 +190,7 @@ class Styler:
         return torch.autocast(dev, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
     def text_features(self, text: str) -> torch.Tensor:
-        """``text`` averaged over the 79 ImageNet templates, unit norm ``(1, D)`` (cached per text)."""
+        """``text`` averaged over the prompt templates (the 79 ImageNet ones), unit norm ``(1, D)``; cached."""
         if text not in self._text_cache:
             from clipag.tokenizer import tokenize
 
@@ -201,8 +204,9 @@ class Styler:
                                   "off", stacklevel=4)
                     return tokenize(texts, context_length=context, truncate=True)
 
+            templates = self.config.templates or L.IMAGENET_TEMPLATES
             with self.autocast():
-                self._text_cache[text] = L.template_text_features(self.model.encode_text, tokens, text,
+                self._text_cache[text] = L.template_text_features(self.model.encode_text, tokens, text, templates,
                                                                   device=self.device)
         return self._text_cache[text]
 
@@ -227,18 +231,19 @@ class Styler:
                                patch_matmul=None if fast else False)
 
     # -- the loop -------------------------------------------------------------------------------------------
-    def session(self, content: Any, text: str, seed: int = 0) -> StyleSession:
-        return StyleSession(self, content, text, seed)
+    def session(self, content: Any, text: str, seed: int = 0, source: str | None = None) -> StyleSession:
+        return StyleSession(self, content, text, seed, source)
 
-    def run(self, content: Any, text: str, *, seed: int = 0, progress: bool = False,
+    def run(self, content: Any, text: str, *, seed: int = 0, source: str | None = None, progress: bool = False,
             callback: Callable[[StyleStep], bool | None] | None = None) -> StyleResult:
         """Style ``content`` (path, PIL image or tensor) after ``text``; ``callback`` returning True stops early.
 
-        Ctrl-C raises :class:`StyleInterrupted` (a ``KeyboardInterrupt``) carrying the current output.
+        ``source`` describes the content (default ``config.source``, upstream's "a Photo"). Ctrl-C raises
+        :class:`StyleInterrupted` (a ``KeyboardInterrupt``) carrying the current output.
         """
         from tqdm.auto import tqdm
 
-        session = self.session(content, text, seed)
+        session = self.session(content, text, seed, source)
         bar = tqdm(range(self.config.steps), desc=text[:40], disable=not progress, leave=True)
         try:
             for _ in bar:
@@ -256,7 +261,7 @@ class Styler:
 class StyleSession:
     """One styling run: the content image, its fixed targets, the StyleNet and its optimizer."""
 
-    def __init__(self, styler: Styler, content: Any, text: str, seed: int) -> None:
+    def __init__(self, styler: Styler, content: Any, text: str, seed: int, source: str | None = None) -> None:
         if not isinstance(text, str) or not text.strip():
             raise ValueError('the style text is empty: describe a style, e.g. "an oil painting with thick brush '
                              'strokes"')
@@ -273,7 +278,7 @@ class StyleSession:
             self.content_features = styler.vgg(self.content)
             source_image = F.normalize(styler.encode(styler.whole_view(self.content)), dim=-1)
         self.source_features = source_image
-        self.direction = L.text_direction(styler.text_features(text), styler.text_features(cfg.source))
+        self.direction = L.text_direction(styler.text_features(text), styler.text_features(source or cfg.source))
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         self.losses: list[dict[str, float]] = []
