@@ -91,13 +91,16 @@ def main() -> None:
     contents = torch.stack([j["content"] for j in jobs])
     results = {"content (unstyled)": judged(judge, contents, jobs)}
     outputs: dict[str, torch.Tensor] = {}
+    final_losses: dict[str, dict[str, float]] = {}  # mean over the images of each run's last step
     for name, path in models.items():
         start = time.perf_counter()
         styler = Styler(path, device="cpu", vgg=vgg, config=config, progress=False)
-        styled = [styler.run(job["content"], job["text"], source=job["source_text"], seed=args.seed + k).raw[0]
-                  for k, job in enumerate(jobs)]
-        outputs[name] = torch.stack(styled)
+        runs = [styler.run(job["content"], job["text"], source=job["source_text"], seed=args.seed + k)
+                for k, job in enumerate(jobs)]
+        outputs[name] = torch.stack([run.raw[0] for run in runs])
         results[name] = judged(judge, outputs[name], jobs)
+        final_losses[name] = {term: round(sum(run.losses[-1][term] for run in runs) / len(runs), 5)
+                              for term in runs[0].losses[-1]} if runs[0].losses else {}
         print(f"{name}: {len(jobs)} images in {time.perf_counter() - start:.0f} s", flush=True)
     header = ["", *results["content (unstyled)"]]
     print(" | ".join(header))
@@ -109,7 +112,9 @@ def main() -> None:
                          group_size=1, cell_size=2 * args.size, label_width=72)
     output = Path(args.output)
     print(save_png(grid, output))
-    output.with_suffix(".json").write_text(json.dumps({"config": vars(args), "results": results}, indent=2))
+    print("mean final losses:", json.dumps(final_losses))
+    output.with_suffix(".json").write_text(json.dumps({"config": vars(args), "results": results,
+                                                       "final_losses": final_losses}, indent=2))
 
 
 if __name__ == "__main__":

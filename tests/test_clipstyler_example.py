@@ -44,7 +44,9 @@ def test_pag_demo_example_judges_every_model(setup, tmp_path):
                            "--judge-steps", "5", "-o", str(out)], capture_output=True, text=True, env=setup["env"],
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
-    table = json.loads(out.with_suffix(".json").read_text())["results"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    table = report["results"]
+    assert set(report["final_losses"]) == {"x", "y"} and "directional" in report["final_losses"]["x"]
     assert list(table) == ["content (unstyled)", "x", "y"]
     assert all(0 <= v <= 100 for row in table.values() for v in row.values())
     with Image.open(out) as grid:
