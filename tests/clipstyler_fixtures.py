@@ -12,9 +12,8 @@ def write_random_vgg19(torch_home: Path, seed: int = 0) -> Path:
     """``TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth``: random weights up to relu5_2, zeros for the rest.
 
     The rest (conv5_3, conv5_4 and the 120M-weight classifier, unused by CLIPStyler) is stored as expanded
-    zeros, which ``torch.save`` keeps
-    as one element each, so the file is 61 MB instead of 548 MB and torchvision's strict ``vgg19(pretrained=True)``
-    still loads it, as it loads the real file.
+    zeros, which ``torch.save`` keeps as one element each: the file is 61 MB instead of 548 MB, and
+    torchvision's strict ``vgg19(pretrained=True)`` still loads it, as it loads the real file.
     """
     import torchvision
     from clipag.adapters.clipstyler.vgg import VGGContent
