@@ -161,10 +161,7 @@ class Styler:
         self.config = config or StyleConfig()
         self.config.validate()
         if isinstance(model, str | os.PathLike):
-            from clipag.loader import load
-
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.model, preprocess = load(str(model), device=self.device, precision="fp32")
         else:
             if preprocess is None:
                 raise ValueError("pass preprocess= (the transform clip.load returned) with a loaded model, so the "
@@ -172,12 +169,17 @@ class Styler:
             self.model, self.device = model, next(model.parameters()).device
             if device is not None and torch.device(device) != self.device:
                 raise ValueError(f"the model is on {self.device} but device={device!r}; move it first")
+        # VGG first: a missing VGG19 file is reported before a CLIP download starts
+        self.vgg = (vgg or load_vgg_content(self.device, progress=progress)).to(self.device)
+        if isinstance(model, str | os.PathLike):
+            from clipag.loader import load
+
+            self.model, preprocess = load(str(model), device=self.device, precision="fp32")
         mean, std = normalization_of(preprocess)
         self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         size = getattr(self.model.visual, "input_resolution", None) or self.model.visual.image_size
         self.resolution = int(size[0] if isinstance(size, tuple | list) else size)
-        self.vgg = (vgg or load_vgg_content(self.device, progress=progress)).to(self.device)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     # -- pieces ---------------------------------------------------------------------------------------------
