@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["AugmentParams", "DiffAugment", "POLICIES", "brightness", "saturation", "contrast", "translate", "rescale",
-           "cutout", "random_crops", "add_noise", "resize_to", "adjust_hue"]
+           "cutout", "random_crops", "random_windows", "perspective_corners", "random_perspective", "add_noise",
+           "resize_to", "adjust_hue"]
 
 
 def _uniform(x: torch.Tensor, low: float, high: float, generator: torch.Generator | None,
@@ -138,6 +139,51 @@ def random_crops(x: torch.Tensor, crop: int, out: int, generator: torch.Generato
     k = torch.arange(out, device=x.device, dtype=torch.float32)
     inner = ((k + 0.5) * (crop / out) - 0.5).clamp(0, crop - 1)  # F.interpolate's source coords within the crop
     return _sample(x, top[:, None] + inner[None, :], left[:, None] + inner[None, :])
+
+
+def random_windows(image: torch.Tensor, n: int, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` random ``size``×``size`` windows of ONE image ``(1, C, H, W)``, as ``(n, C, size, size)``.
+
+    The same windows as torchvision's ``RandomCrop(size)`` called ``n`` times (CLIPStyler's patch loop), cut by
+    one gather. Its backward scatters into the single image; cropping an ``expand``-ed batch instead would
+    build ``n`` full-size gradients and sum them.
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"random_windows takes one image (1, C, H, W), got {tuple(image.shape)}")
+    _, _, h, w = image.shape
+    if not 0 < size <= min(h, w):
+        raise ValueError(f"window size {size} must be in 1..{min(h, w)} for {h}x{w} images")
+    k = torch.arange(size, device=image.device)
+    rows = _randint(0, h - size, n, image.device, generator)[:, None] + k  # (n, size)
+    cols = _randint(0, w - size, n, image.device, generator)[:, None] + k
+    return image[0][:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
+
+
+def perspective_corners(n: int, height: int, width: int, distortion_scale: float = 0.5,
+                        generator: torch.Generator | None = None,
+                        device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``(start, end)`` corner sets ``(n, 4, 2)`` for a perspective warp: each corner moves inwards by
+    ``U(0, distortion_scale·side/2)`` along each axis, the distribution of torchvision's and kornia's
+    ``RandomPerspective`` (kornia's ``sampling_method="basic"``; torchvision draws whole pixels)."""
+    start = torch.tensor([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]],
+                         dtype=torch.float32, device=device).expand(n, 4, 2)
+    inwards = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=torch.float32, device=device)
+    extent = torch.tensor([width, height], dtype=torch.float32, device=device) * (distortion_scale / 2)
+    offset = torch.rand(n, 4, 2, generator=generator, device=device) * extent * inwards
+    return start, start + offset
+
+
+def random_perspective(x: torch.Tensor, distortion_scale: float = 0.5,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """``RandomPerspective(distortion_scale, p=1, fill=0)`` with its own parameters per image, batched:
+    kornia's homography and bilinear warp (zeros outside), corners from ``generator`` (:func:`perspective_corners`).
+    Needs kornia (``pip install "clipag[adapters]"``)."""
+    from kornia.geometry.transform import get_perspective_transform, warp_perspective
+
+    b, _, h, w = x.shape
+    start, end = perspective_corners(b, h, w, distortion_scale, generator, x.device)
+    transform = get_perspective_transform(start, end).to(x.dtype)
+    return warp_perspective(x, transform, (h, w), mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def add_noise(x: torch.Tensor, std: float, shared: bool = False,

@@ -129,10 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list:
     """Sub-commands that live with their feature (generation, priors, adapters)."""
     from .adapters.clipdraw.cli import register_draw
+    from .adapters.clipstyler.cli import register_style
     from .adapters.vqgan_clip.cli import register_vqgan
     from .generation_cli import register_generate, register_prior
 
-    return [register_generate, register_prior, register_draw, register_vqgan]
+    return [register_generate, register_prior, register_draw, register_vqgan, register_style]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ def test_help_lists_every_command_without_importing_torch():
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for command in ("generate", "draw", "vqgan", "run", "download"):
+    for command in ("generate", "draw", "vqgan", "style", "run", "download"):
         assert command in result.stdout
     assert result.stdout.strip().endswith("NO-TORCH")
 

@@ -1,0 +1,192 @@
+"""``clipag style`` end to end (PNG, --compare grid, errors, Ctrl-C) and an upstream-style script through
+``clipag run --device cpu``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from clipstyler_fixtures import content_image, save_tiny_224, write_random_vgg19
+from generate_fixtures import one_thread, save_hub_folder
+from PIL import Image
+
+from clipag.cli import main
+
+QUICK = ["--steps", "2", "--size", "64", "64", "--crops", "4", "--crop-size", "32", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def torch_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("torch_home")
+    write_random_vgg19(home)
+    return home
+
+
+@pytest.fixture
+def vgg_cache(torch_home, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    return torch_home
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clip")
+    return {"a": save_hub_folder(root / "tiny32", size=32), "b": save_hub_folder(root / "tiny32b", size=32, seed=1)}
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    return content_image(tmp_path_factory.mktemp("photo") / "photo.png")
+
+
+# -- the CLI -----------------------------------------------------------------------------------------------
+def cli_env(torch_home) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+            "TORCH_HOME": str(torch_home)}
+
+
+def test_cli_two_steps_write_a_png(models, photo, torch_home, tmp_path):
+    out = tmp_path / "styled.png"
+    proc = subprocess.run([sys.executable, "-m", "clipag.cli", "style", str(photo), "an ink wash painting",
+                           "--model", str(models["a"]), "--steps", "2", "--size", "64", "48", "--crops", "4",
+                           "--crop-size", "32", "--seed", "1", "--device", "cpu", "-o", str(out)],
+                          capture_output=True, text=True, env=cli_env(torch_home), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout and "loss=" in proc.stderr  # the progress bar shows the loss
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size == (64, 48)
+
+
+def test_cli_compare_writes_both_and_a_labelled_grid(models, photo, vgg_cache, tmp_path, capsys):
+    out = tmp_path / "cmp.png"
+    assert main(["style", str(photo), "fire", "--model", str(models["a"]), "--compare", str(models["b"]),
+                 "-o", str(out), *QUICK]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp-000.png", "cmp-001.png", "cmp-grid.png"]
+    with Image.open(tmp_path / "cmp-grid.png") as grid:
+        assert grid.size == (120 + 3 * 64 + 2 * 12, 20 + 64)  # label, content | model a | model b
+    with Image.open(tmp_path / "cmp-000.png") as a, Image.open(tmp_path / "cmp-001.png") as b:
+        assert a.tobytes() != b.tobytes()
+
+
+def test_cli_errors_are_messages(models, photo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CLIPAG_OFFLINE", "1")
+    assert main(["style", str(photo), "fire", "--model", str(models["a"]), "--size", "60", "64", "-q"]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
+    assert main(["style", str(photo), "fire", "--model", str(models["a"]), *QUICK]) == 1
+    assert "vgg19-dcbb9e9d.pth" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def _default_sigint() -> None:
+    """A shell's background job ignores SIGINT, and an ignored SIGINT is inherited: Python would then never
+    raise KeyboardInterrupt. Give the child the default handling, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_writes_the_current_result_and_exits_130(models, photo, torch_home, tmp_path):
+    out = tmp_path / "long.png"
+    proc = subprocess.Popen([sys.executable, "-m", "clipag.cli", "style", str(photo), "a long wait", "--model",
+                             str(models["a"]), "--steps", "100000", "--size", "64", "64", "--crops", "2",
+                             "--crop-size", "32", "-o", str(out)], preexec_fn=_default_sigint,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(torch_home))
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while "loss=" not in "".join(stderr) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)  # wait until steps are running
+        assert "loss=" in "".join(stderr), "no step ran: " + "".join(stderr)[-2000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stdout = proc.stdout.read()
+    reader.join(timeout=10)
+    err = "".join(stderr)
+    assert "Traceback" not in err and "interrupted at step" in err
+    assert str(out) in stdout
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+
+
+# -- upstream compatibility ---------------------------------------------------------------------------------
+# The calls train_CLIPstyler.py makes that touch devices, models and files (DESIGN §6b), in a script of our own.
+UPSTREAM_STYLE = """
+import argparse, json
+import torch, torch.nn.functional as F
+from torchvision import models, transforms, utils as vutils
+from torchvision.transforms.functional import adjust_contrast
+import clip
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--content_path")
+parser.add_argument("--text")
+parser.add_argument("--max_step", type=int)
+args = parser.parse_args()
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+VGG = models.vgg19(pretrained=True).features
+VGG.to(device)
+for parameter in VGG.parameters():
+    parameter.requires_grad_(False)
+from PIL import Image
+content = transforms.ToTensor()(Image.open(args.content_path).resize((64, 64)))[:3].unsqueeze(0).to(device)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Sigmoid())
+net.to(device)
+optimizer = torch.optim.Adam(net.parameters(), lr=5e-4)
+scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
+device = 'cuda'
+clip_model, preprocess = clip.load('ViT-B/32', device, jit=False)
+with torch.no_grad():
+    tokens = clip.tokenize([t.format(args.text) for t in ("a photo of a {}.", "a drawing of a {}.")]).to(device)
+    text_features = clip_model.encode_text(tokens).detach().mean(axis=0, keepdim=True)
+    source = clip_model.encode_image(F.interpolate(content, size=224, mode='bicubic'))
+augment = transforms.Compose([transforms.RandomPerspective(fill=0, p=1, distortion_scale=0.5),
+                              transforms.Resize(224)])
+for epoch in range(0, args.max_step + 1):
+    scheduler.step()
+    target = net(content).to(device)
+    crops = torch.cat([augment(transforms.RandomCrop(32)(target)) for _ in range(4)], dim=0)
+    features = clip_model.encode_image(crops)
+    loss = (1 - torch.cosine_similarity(features - source, text_features, dim=1)).mean()
+    loss = loss + F.mse_loss(VGG[:23](target), VGG[:23](content))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+vutils.save_image(adjust_contrast(target.clamp(0, 1), 1.5), './outputs/out.jpg', nrow=1, normalize=True)
+json.dump({"clip_dtype": str(clip_model.dtype), "clip_device": str(next(clip_model.parameters()).device),
+           "vgg_device": str(next(VGG.parameters()).device), "target": str(target.device),
+           "loss": loss.item(), "cuda": torch.cuda.is_available()}, open("out.json", "w"))
+"""
+
+
+def test_upstream_style_script_runs_through_clipag_run_on_cpu(torch_home, photo, tmp_path):
+    tiny = save_tiny_224(tmp_path / "tiny224")
+    (tmp_path / "train.py").write_text(textwrap.dedent(UPSTREAM_STYLE))
+    (tmp_path / "outputs").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "clipag.cli", "run", "--device", "cpu", "--model", str(tiny),
+                           "train.py", "--content_path", str(photo), "--text", "Fire", "--max_step", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, env=cli_env(torch_home), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["clip_dtype"] == "torch.float32"  # clip.load(name, 'cuda') under --device cpu: the fp32 CPU model
+    assert out["clip_device"] == out["vgg_device"] == out["target"] == "cpu" and not out["cuda"]
+    assert math.isfinite(out["loss"])
+    assert (tmp_path / "outputs" / "out.jpg").stat().st_size > 0
+    assert "CUDA requests go to cpu" in proc.stderr
