@@ -28,6 +28,7 @@ from . import augment as A
 from .images import to_pil
 from .model import image_normalization
 from .prior import Prior, default_prior_path, upsample
+from .progress import run_steps
 from .speed import input_grad_mode
 
 __all__ = ["GenerateConfig", "GenerationResult", "GenerationInterrupted", "Generator", "Session", "Step",
@@ -290,21 +291,9 @@ class Generator:
 
         Ctrl-C raises :class:`GenerationInterrupted` (a ``KeyboardInterrupt``) carrying the best image so far.
         """
-        from tqdm.auto import tqdm
-
-        session = self.session(prompt, seed)
-        bar = tqdm(range(self.config.steps), desc=prompt[:40], disable=not progress, leave=True)
-        try:
-            for _ in bar:
-                step = session.step()
-                bar.set_postfix(loss=f"{step.loss:.4f}", best=f"{step.best_loss:.4f}", refresh=False)
-                if callback is not None and callback(step):
-                    break
-        except KeyboardInterrupt:
-            raise GenerationInterrupted(session.result(interrupted=True)) from None
-        finally:
-            bar.close()
-        return session.result()
+        return run_steps(self.session(prompt, seed), self.config.steps, label=prompt, progress=progress,
+                         callback=callback, interrupted=GenerationInterrupted,
+                         postfix=lambda step: {"loss": f"{step.loss:.4f}", "best": f"{step.best_loss:.4f}"})
 
 
 class Session:

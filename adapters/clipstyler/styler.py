@@ -32,6 +32,7 @@ from PIL import Image
 
 from clipag import augment as A
 from clipag.images import to_pil
+from clipag.progress import run_steps
 from clipag.speed import input_grad_mode
 
 from . import losses as L
@@ -243,21 +244,9 @@ class Styler:
         ``source`` describes the content (default ``config.source``, upstream's "a Photo"). Ctrl-C raises
         :class:`StyleInterrupted` (a ``KeyboardInterrupt``) carrying the current output.
         """
-        from tqdm.auto import tqdm
-
-        session = self.session(content, text, seed, source)
-        bar = tqdm(range(self.config.steps), desc=text[:40], disable=not progress, leave=True)
-        try:
-            for _ in bar:
-                step = session.step()
-                bar.set_postfix(loss=f"{step.loss:.1f}", refresh=False)
-                if callback is not None and callback(step):
-                    break
-        except KeyboardInterrupt:
-            raise StyleInterrupted(session.result(interrupted=True)) from None
-        finally:
-            bar.close()
-        return session.result()
+        return run_steps(self.session(content, text, seed, source), self.config.steps, label=text, progress=progress,
+                         callback=callback, interrupted=StyleInterrupted,
+                         postfix=lambda step: {"loss": f"{step.loss:.1f}"})
 
 
 class StyleSession:

@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from clipag.images import to_pil
+from clipag.progress import run_steps
 from clipag.speed import input_grad_mode
 
 from .cutouts import DEFAULT_AUGMENTS, Cutouts
@@ -206,21 +207,9 @@ class VQGANCLIP:
 
         Ctrl-C raises :class:`VQGANCLIPInterrupted` carrying the image as it was.
         """
-        from tqdm.auto import tqdm
-
         session = self.session(prompts, seed)
-        bar = tqdm(range(self.settings.steps), desc=session.label[:40], disable=not progress, leave=True)
-        try:
-            for _ in bar:
-                step = session.step()
-                bar.set_postfix(loss=f"{step.loss:.4f}", refresh=False)
-                if callback is not None and callback(step):
-                    break
-        except KeyboardInterrupt:
-            raise VQGANCLIPInterrupted(session.result(interrupted=True)) from None
-        finally:
-            bar.close()
-        return session.result()
+        return run_steps(session, self.settings.steps, label=session.label, progress=progress, callback=callback,
+                         interrupted=VQGANCLIPInterrupted, postfix=lambda step: {"loss": f"{step.loss:.4f}"})
 
 
 def _resize_keep_area(image: Image.Image, out_size: tuple[int, int]) -> Image.Image:
