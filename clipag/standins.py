@@ -37,6 +37,8 @@ class StandIn:
 # One entry per upstream dependency; each adapter adds its own here.
 STANDINS: dict[str, StandIn] = {s.name: s for s in (
     StandIn("pydiffvg", "diffvg (BachiLi/diffvg)", {"pydiffvg": "clipag.adapters.clipdraw.pydiffvg"}),
+    # kvfrans/clipdraw's predict.py (and other Replicate-era scripts) use cog's pre-0.1 Predictor API
+    StandIn("cog", "cog's pre-0.1 predictor API (replicate/cog)", {"cog": "clipag.adapters.cog"}),
     # VQGAN-CLIP appends a cloned taming-transformers/ to sys.path; on torch >= 2 that clone cannot import
     # (torch._six, Lightning 1.x), so in auto mode it does not displace the stand-in.
     StandIn("taming", "taming-transformers (CompVis/taming-transformers)", {
