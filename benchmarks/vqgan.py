@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--prompt", default="a lighthouse on a cliff at sunset")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time clipag with CLIP under CPU bf16 autocast (--amp bf16: opt-in, not exact)")
     args = parser.parse_args()
     if not args.upstream.is_file():
         parser.error(f"{args.upstream} not found (git clone https://github.com/nerdyrodent/VQGAN-CLIP)")
@@ -132,9 +134,11 @@ def main() -> None:
         init = folder / "init.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (*args.size[::-1], 3), dtype=np.uint8)).save(init)
         common = dict(steps=args.steps, size=tuple(args.size), cutn=args.cutn, init_image=str(init))
+        variants = [("clipag", True, "auto"), ("clipag exact (fast=False)", False, "auto")]
+        variants += [("clipag --amp bf16", True, "bf16")] if args.bf16 else []
         gens = {name: VQGANCLIP(str(clip), config=config, checkpoint=ckpt, device="cpu",
-                                settings=VQGANCLIPConfig(**common, fast=fast))
-                for name, fast in (("clipag", True), ("clipag exact (fast=False)", False))}
+                                settings=VQGANCLIPConfig(**common, fast=fast, amp=amp))
+                for name, fast, amp in variants}
         times: dict[str, list[float]] = {"upstream generate.py": [], **{name: [] for name in gens}}
         diffs = []
         for r in range(args.rounds):

@@ -20,19 +20,28 @@ def _cached(entry: registry.ModelEntry, download_root: str | None) -> bool:
     return (model_dir(entry.name, download_root) / WEIGHTS_NAME).exists()
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    rows = [(e.name, e.arch, "QuickGELU" if e.quick_gelu else "GELU", "yes" if _cached(e, args.download_root)
-             else "-", e.source) for e in registry.REGISTRY.values()]
-    header = ("name", "architecture", "activation", "cached", "source")
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .adapters.vqgan_clip.registry import VQGANS, cached_vqgan
+
+    _print_table(("name", "architecture", "activation", "cached", "source"),
+                 [(e.name, e.arch, "QuickGELU" if e.quick_gelu else "GELU", "yes" if _cached(e, args.download_root)
+                   else "-", e.source) for e in registry.REGISTRY.values()])
     print(f"\ncache: {cache_root(args.download_root)}   (CLIPAG_CACHE; Hub repos use the Hugging Face cache)")
     if args.verbose:
         for entry in registry.REGISTRY.values():
             print(f"\n{entry.name}: {entry.description}\n  embedding space: {entry.embedding_space}")
     print("\nNo robust counterpart (not loadable by these names): "
           + ", ".join(registry.OPENAI_NAMES_WITHOUT_COUNTERPART))
+    print("\nVQGANs for `clipag vqgan --vqgan NAME` (`clipag download NAME`):\n")
+    _print_table(("name", "download", "cached", "what"),
+                 [(v.name, v.approx_size, "yes" if cached_vqgan(v.name, args.download_root) else "-", v.description)
+                  for v in VQGANS.values()])
     return 0
 
 

@@ -23,6 +23,7 @@ def test_models_lists_registry_and_cache(tmp_path):
     assert "chs20/fare2-clip" in result.stdout and "QuickGELU" in result.stdout
     assert str(tmp_path / "cache") in result.stdout
     assert "RN50" in result.stdout  # OpenAI names with no counterpart are listed as such
+    assert "vqgan_imagenet_f16_16384" in result.stdout and "vqgan_gumbel_f8_8192" in result.stdout  # VQGANs too
 
 
 def test_console_script_is_installed():
