@@ -13,44 +13,12 @@ import textwrap
 import threading
 import time
 
-import pytest
-from clipstyler_fixtures import content_image, save_tiny_224, write_random_vgg19
-from generate_fixtures import one_thread, save_hub_folder
+from clipstyler_fixtures import save_tiny_224
 from PIL import Image
 
 from clipag.cli import main
 
 QUICK = ["--steps", "2", "--size", "64", "64", "--crops", "4", "--crop-size", "32", "-q"]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def torch_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("torch_home")
-    write_random_vgg19(home)
-    return home
-
-
-@pytest.fixture
-def vgg_cache(torch_home, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    return torch_home
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clip")
-    return {"a": save_hub_folder(root / "tiny32", size=32), "b": save_hub_folder(root / "tiny32b", size=32, seed=1)}
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    return content_image(tmp_path_factory.mktemp("photo") / "photo.png")
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from clipstyler_fixtures import content_image, write_random_vgg19
 from generate_fixtures import save_hub_folder
 from PIL import Image
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
