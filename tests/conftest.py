@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import json
-import os
 import signal
 import threading
 from pathlib import Path
@@ -21,10 +19,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 TINY_OPENAI = dict(embed_dim=32, image_resolution=224, vision_layers=2, vision_width=64, vision_patch_size=32,
                    context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
                    transformer_layers=2)
-# DESIGN §8: a 3.6M-parameter open_clip config with fast forward and backward.
-TINY_OPEN_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32,
-                                                  "head_width": 32},
-                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
 
 
 @pytest.fixture(autouse=True)
@@ -68,34 +63,6 @@ def openai_files(openai_reference, tmp_path_factory):
     traced.save(str(folder / "torchscript.pt"))
     return {"state_dict": folder / "state_dict.pt", "torchscript": folder / "torchscript.pt",
             "safetensors": folder / "weights.safetensors"}
-
-
-def tiny_open_clip_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    import open_clip
-
-    torch.manual_seed(seed)
-    return open_clip.CLIP(**TINY_OPEN_CLIP).state_dict()
-
-
-def make_hub_repo(hf_cache: str | os.PathLike, repo: str, config: dict | None,
-                  state_dict: dict[str, torch.Tensor] | None, weights_name: str = "open_clip_model.safetensors",
-                  revision: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
-    """Lay out a repo exactly as huggingface_hub caches it (DESIGN §4), so offline loads find it."""
-    from safetensors.torch import save_file
-
-    base = Path(hf_cache) / f"models--{repo.replace('/', '--')}"
-    snapshot = base / "snapshots" / revision
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (base / "refs").mkdir(exist_ok=True)
-    (base / "refs" / "main").write_text(revision)
-    if config is not None:
-        (snapshot / "open_clip_config.json").write_text(json.dumps(config))
-    if state_dict is not None:
-        if weights_name.endswith(".safetensors"):
-            save_file({k: v.contiguous() for k, v in state_dict.items()}, str(snapshot / weights_name))
-        else:
-            torch.save(state_dict, snapshot / weights_name)
-    return snapshot
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import TINY_OPEN_CLIP, tiny_open_clip_state_dict
+from hub_fixtures import TINY_OPEN_CLIP, tiny_open_clip_state_dict
 
 import clipag
 from clipag import registry

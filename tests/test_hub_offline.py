@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import TINY_OPEN_CLIP, make_hub_repo, tiny_open_clip_state_dict
+from hub_fixtures import TINY_OPEN_CLIP, make_hub_repo, tiny_open_clip_state_dict
 
 import clipag
 from clipag import registry
