@@ -7,8 +7,9 @@ Each name is imported on first use, so the ``clipag`` command starts without loa
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 __all__ = ["load", "tokenize", "available_models", "generate"]
 __version__ = "0.1.0"
@@ -22,13 +23,4 @@ if TYPE_CHECKING:
     from .tokenizer import tokenize
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

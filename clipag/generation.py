@@ -27,6 +27,7 @@ from PIL import Image
 from . import augment as A
 from .images import to_pil
 from .model import image_normalization
+from .precision import autocast_for, check_amp
 from .prior import Prior, default_prior_path, upsample
 from .progress import run_steps
 from .speed import input_grad_mode
@@ -75,8 +76,7 @@ class GenerateConfig(A.AugmentParams):
             raise ValueError(f"patch_fraction must be in (0, 1], got {self.patch_fraction}")
         if not 0 <= self.threshold < 1 or not 0 <= self.rejection < 1:
             raise ValueError("threshold and rejection are quantiles in [0, 1)")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        check_amp(self.amp)
         self.augmenter()  # validates the policy
         if self.init not in INITS and not Path(self.init).is_file():
             raise ValueError(f"init must be one of {INITS} or an image file, got {self.init!r}")
@@ -191,12 +191,7 @@ class Generator:
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        amp, dev = self.config.amp, self.device.type
-        if amp == "off" or (amp == "auto" and dev != "cuda"):
-            return contextlib.nullcontext()
-        if amp == "auto":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return torch.autocast(dev, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return autocast_for(self.config.amp, self.device)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm float32 image features of views at the model's resolution."""

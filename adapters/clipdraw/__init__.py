@@ -12,8 +12,7 @@ Names load lazily: importing this package (as ``clipag --help`` does for ``clipa
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from clipag.lazy import lazy_exports
 
 _EXPORTS = {
     "draw": "drawer", "Drawer": "drawer", "DrawConfig": "drawer", "Drawing": "drawer",
@@ -24,7 +23,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

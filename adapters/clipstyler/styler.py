@@ -32,6 +32,7 @@ from PIL import Image
 
 from clipag import augment as A
 from clipag.images import to_pil
+from clipag.precision import autocast_for, check_amp
 from clipag.progress import run_steps
 from clipag.speed import input_grad_mode
 
@@ -77,8 +78,7 @@ class StyleConfig:
                 raise ValueError(f"crop_size {self.crop_size} is larger than the image {self.size}")
         if self.templates is not None and (not self.templates or any("{}" not in t for t in self.templates)):
             raise ValueError(f"every template needs a {{}} for the text, got {self.templates!r}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        check_amp(self.amp)
 
 
 @dataclass
@@ -185,12 +185,7 @@ class Styler:
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        amp, dev = self.config.amp, self.device.type
-        if amp == "off" or (amp == "auto" and dev != "cuda"):
-            return contextlib.nullcontext()
-        if amp == "auto":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return torch.autocast(dev, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return autocast_for(self.config.amp, self.device)
 
     def text_features(self, text: str) -> torch.Tensor:
         """``text`` averaged over the prompt templates (the 79 ImageNet ones), unit norm ``(1, D)``; cached."""

@@ -12,8 +12,7 @@ first stage, yaml configs), ``checkpoint`` (Lightning checkpoints read inertly, 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from clipag.lazy import lazy_exports
 
 _EXPORTS = {
     "VQGANCLIP": "loop", "VQGANCLIPConfig": "loop", "VQGANCLIPResult": "loop", "VQGANCLIPInterrupted": "loop",
@@ -24,7 +23,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from clipag.images import to_pil
+from clipag.precision import autocast_for, check_amp
 from clipag.progress import run_steps
 from clipag.speed import input_grad_mode
 
@@ -61,8 +62,7 @@ class VQGANCLIPConfig:
             raise ValueError(f"need steps >= 0, cutn >= 1 and lr > 0 (got {self.steps}, {self.cutn}, {self.lr})")
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size is (width, height) in pixels, got {self.size!r}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be auto, bf16, fp16 or off, not {self.amp!r}")
+        check_amp(self.amp)
         if self.init_image is not None and not Path(self.init_image).is_file():
             raise ValueError(f"init image {self.init_image} not found")
         for item in self.image_prompts:
@@ -176,12 +176,7 @@ class VQGANCLIP:
                                fast_hue=self.settings.fast)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        amp, dev = self.settings.amp, self.device.type
-        if amp == "off" or (amp == "auto" and dev != "cuda"):
-            return contextlib.nullcontext()
-        if amp == "auto":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return torch.autocast(dev, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return autocast_for(self.settings.amp, self.device)
 
     def _mode(self) -> contextlib.AbstractContextManager:
         fast = self.settings.fast
