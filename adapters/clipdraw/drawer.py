@@ -190,11 +190,9 @@ class Drawer:
         if cfg.normalize:
             if preprocess is None:
                 raise ValueError("normalize=True needs the model's preprocess (clipag.load returns it)")
-            from clipag.model import normalization_of
+            from clipag.model import image_normalization
 
-            mean, std = normalization_of(preprocess)
-            self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-            self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+            self._mean, self._std = image_normalization(preprocess, self.device)
         self._perspective = K.RandomPerspective(distortion_scale=cfg.distortion, p=1.0)
         self._crop = K.RandomResizedCrop((cfg.size, cfg.size), scale=cfg.crop_scale)
         self._structure = None

@@ -11,7 +11,7 @@ from pathlib import Path
 from generate_fixtures import save_hub_folder
 from PIL import Image
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "clipdraw_compare.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clipdraw_compare.py"
 
 
 def test_compare_example_writes_a_grid_and_svgs(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from clipag.adapters.vqgan_clip.vqgan import build_from_config
 from vqgan_fixtures import fill_like_fixture, tiny_config, write_lightning_ckpt, write_yaml
 
-SCRIPT = Path(__file__).parent / "data" / "upstream_style_vqgan_clip.py"
+SCRIPT = Path(__file__).parents[1] / "data" / "upstream_style_vqgan_clip.py"
 
 
 def make_vqgan(folder: Path, target: str = "taming.models.vqgan.VQModel") -> tuple[Path, Path]:

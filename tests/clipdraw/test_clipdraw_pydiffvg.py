@@ -17,7 +17,7 @@ from PIL import Image
 
 from clipag import device_remap
 
-SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPTS = Path(__file__).parents[1] / "scripts"
 
 
 def _scene():

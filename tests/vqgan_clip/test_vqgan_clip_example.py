@@ -11,7 +11,7 @@ from clipag.adapters.vqgan_clip.vqgan import build_from_config
 from PIL import Image
 from vqgan_fixtures import fill_like_fixture, tiny_config, write_lightning_ckpt, write_yaml
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def load_example(name: str):
