@@ -1,7 +1,7 @@
 """The ``amp`` knob every optimiser shares: CLIP under autocast, with fp32 weights.
 
 ``auto`` is bf16 on CUDA (fp16 where the GPU has no bf16) and off elsewhere: on a CPU the default stays exact
-fp32, and ``bf16`` there is an opt-in (about 2x on CPUs with native bf16; the numbers change slightly).
+fp32, and ``bf16`` there is an opt-in (1.5-1.6x on CPUs with native bf16; the numbers change slightly).
 """
 
 from __future__ import annotations
