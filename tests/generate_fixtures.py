@@ -1,9 +1,16 @@
-"""Tiny CLIPs for the generation tests: small canvases keep a generation step in the milliseconds."""
+"""Tiny CLIPs for the generation and adapter tests (small canvases keep a step in the milliseconds), and the
+Ctrl-C check their command-line tests share."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,3 +55,38 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment a ``clipag`` subprocess gets in the tests: one thread, offline, unbuffered."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _default_sigint() -> None:
+    """A shell's background job ignores SIGINT, and an ignored SIGINT is inherited: Python would then never
+    raise KeyboardInterrupt. Give the child the default handling, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interrupt_once_running(args: list[str], env: dict[str, str], start_timeout: float = 90,
+                           exit_timeout: float = 60) -> tuple[int, str, str]:
+    """Run ``python -m clipag.cli ARGS``, press Ctrl-C once its progress bar shows a loss, and return
+    ``(exit code, stdout, stderr)``. Fails if no step ran within ``start_timeout`` seconds."""
+    proc = subprocess.Popen([sys.executable, "-m", "clipag.cli", *args], preexec_fn=_default_sigint, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + start_timeout
+        while "loss=" not in "".join(stderr) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)  # wait until steps are running
+        assert "loss=" in "".join(stderr), "no step ran: " + "".join(stderr)[-2000:]
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=exit_timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stdout = proc.stdout.read()
+    reader.join(timeout=10)
+    return code, stdout, "".join(stderr)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from finetune_fixtures import make_csv, make_image_folder, make_shards, write_config
+from generate_fixtures import one_thread
 from safetensors.torch import load_file
 
 import clipag
@@ -25,12 +26,9 @@ FAST = ["--workers", "0", "--no-progress", "--log-every", "10", "--save-every", 
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Toy models run ~3x faster on one thread (several threads spin-wait on tiny kernels)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

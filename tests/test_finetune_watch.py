@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from finetune_fixtures import write_config
+from generate_fixtures import one_thread
 from PIL import Image
 
 from clipag.finetune import train
@@ -20,11 +21,9 @@ FAST = ["--workers", "0", "--no-progress", "--log-every", "5", "--save-every", "
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread():
+    with one_thread():
+        yield
 
 
 def test_mean_pairwise_cosine():

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
-from generate_fixtures import one_thread, save_hub_folder
+from generate_fixtures import cli_env, interrupt_once_running, one_thread, save_hub_folder
 from PIL import Image
 
 from clipag.cli import main
@@ -27,10 +23,6 @@ def _single_thread():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_hub_folder(tmp_path_factory.mktemp("model") / "tiny64", size=64)
-
-
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def test_cli_writes_png_and_gif_of_the_model_size(model_dir, tmp_path):
@@ -79,20 +71,10 @@ def test_cli_errors_are_messages_not_tracebacks(model_dir, tmp_path, capsys):
 
 def test_ctrl_c_writes_the_best_image_so_far_and_exits_cleanly(model_dir, tmp_path):
     out = tmp_path / "long.png"
-    proc = subprocess.Popen([sys.executable, "-m", "clipag.cli", "generate", "a long wait", "--model", str(model_dir),
-                             "--steps", "100000", "--views", "2", "--patches", "2", "--no-prior", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
-    stderr: list[str] = []
-    reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 90
-    while "loss=" not in "".join(stderr) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)  # wait until steps are running
-    proc.send_signal(signal.SIGINT)
-    stdout = proc.stdout.read()
-    assert proc.wait(timeout=60) == 130
-    reader.join(timeout=10)
-    err = "".join(stderr)
+    code, stdout, err = interrupt_once_running(
+        ["generate", "a long wait", "--model", str(model_dir), "--steps", "100000", "--views", "2", "--patches", "2",
+         "--no-prior", "-o", str(out)], cli_env())
+    assert code == 130
     assert "Traceback" not in err and "interrupted at step" in err
     assert str(out) in stdout
     with Image.open(out) as image:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 
+import generate_fixtures
 from clipstyler_fixtures import save_tiny_224
+from generate_fixtures import interrupt_once_running
 from PIL import Image
 
 from clipag.cli import main
@@ -23,8 +21,7 @@ QUICK = ["--steps", "2", "--size", "64", "64", "--crops", "4", "--crop-size", "3
 
 # -- the CLI -----------------------------------------------------------------------------------------------
 def cli_env(torch_home) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-            "TORCH_HOME": str(torch_home)}
+    return generate_fixtures.cli_env(TORCH_HOME=str(torch_home))
 
 
 def test_cli_two_steps_write_a_png(models, photo, torch_home, tmp_path):
@@ -60,34 +57,13 @@ def test_cli_errors_are_messages(models, photo, tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.glob("*.png"))
 
 
-def _default_sigint() -> None:
-    """A shell's background job ignores SIGINT, and an ignored SIGINT is inherited: Python would then never
-    raise KeyboardInterrupt. Give the child the default handling, as a terminal would."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_writes_the_current_result_and_exits_130(models, photo, torch_home, tmp_path):
     out = tmp_path / "long.png"
-    proc = subprocess.Popen([sys.executable, "-m", "clipag.cli", "style", str(photo), "a long wait", "--model",
-                             str(models["a"]), "--steps", "100000", "--size", "64", "64", "--crops", "2",
-                             "--crop-size", "32", "-o", str(out)], preexec_fn=_default_sigint,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(torch_home))
-    stderr: list[str] = []
-    reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 300
-        while "loss=" not in "".join(stderr) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)  # wait until steps are running
-        assert "loss=" in "".join(stderr), "no step ran: " + "".join(stderr)[-2000:]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    stdout = proc.stdout.read()
-    reader.join(timeout=10)
-    err = "".join(stderr)
+    code, stdout, err = interrupt_once_running(
+        ["style", str(photo), "a long wait", "--model", str(models["a"]), "--steps", "100000", "--size", "64", "64",
+         "--crops", "2", "--crop-size", "32", "-o", str(out)], cli_env(torch_home), start_timeout=300,
+        exit_timeout=120)
+    assert code == 130
     assert "Traceback" not in err and "interrupted at step" in err
     assert str(out) in stdout
     with Image.open(out) as image:
