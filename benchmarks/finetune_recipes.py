@@ -100,12 +100,10 @@ def main() -> int:
     out = Path(args.out)
     digits = make_digits(out / "digits") if "digits" in args.data else out / "digits"
     # the robust step needs the walkthrough's export: run the walkthroughs first
-    order = sorted(((r, d, s) for r in args.recipes for d in args.data for s in args.seeds),
-                   key=lambda job: job[0] == "robust")
-    first = [job for job in order if job[0] != "robust"]
+    jobs = [(r, d, s) for r in args.recipes for d in args.data for s in args.seeds]
     results = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        for batch in (first, [job for job in order if job[0] == "robust"]):
+        for batch in ([j for j in jobs if j[0] != "robust"], [j for j in jobs if j[0] == "robust"]):
             for result in pool.map(lambda job: run(*job, out, digits, args.model), batch):
                 print(json.dumps(result), flush=True)
                 results.append(result)

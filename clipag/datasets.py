@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 __all__ = ["IMAGE_EXTENSIONS", "DATASET_TYPES", "guess_dataset_type", "read_image_folder", "read_classnames",
-           "read_csv", "class_index", "to_pixels", "decode_image", "image_bytes", "tar_records", "LabelledImages",
-           "LabelledShards"]
+           "read_csv", "class_index", "to_pixels", "decode_image", "shard_sources", "image_bytes", "tar_records",
+           "LabelledImages", "LabelledShards"]
 
 log = logging.getLogger("clipag.data")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -155,6 +155,13 @@ def decode_image(load: Callable[[], Image.Image], size: int, rng: random.Random 
         return None
 
 
+def shard_sources(urls: str) -> list[list[str]]:
+    """webdataset shard lists joined by ``::``, each brace-expanded: one list of shard URLs per source."""
+    from webdataset.shardlists import expand_urls
+
+    return [expand_urls(part) for part in urls.split("::")]
+
+
 def image_bytes(record: dict[str, Any], image_keys: Sequence[str]) -> bytes | None:
     """The first of ``image_keys`` (webdataset extensions) a tar record has."""
     return next((record[k] for k in image_keys if k in record), None)
@@ -213,10 +220,8 @@ class LabelledShards(torch.utils.data.IterableDataset):
     workers split the shards."""
 
     def __init__(self, urls: str, size: int, image_keys: str, label_key: str, classnames: Sequence[str]) -> None:
-        from webdataset.shardlists import expand_urls
-
         super().__init__()
-        self.shards = [shard for part in urls.split("::") for shard in expand_urls(part)]
+        self.shards = [shard for source in shard_sources(urls) for shard in source]
         self.size, self.image_keys, self.label_key = size, image_keys.split(";"), label_key
         self.classnames = list(classnames)
 

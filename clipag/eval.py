@@ -272,13 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_pixel_model(name: str, device: torch.device | str) -> PixelCLIP:
     """Any name ``clipag.load`` takes, as an fp32 :class:`PixelCLIP` using the model's own mean/std."""
-    from .model import attach_preprocess, build_model, load_weights
-    from .weights import resolve
+    from .loader import load
 
-    resolved = resolve(name)
-    model = build_model(resolved.config, initialize=False)
-    load_weights(model, resolved.state_dict, resolved.source)
-    attach_preprocess(model, resolved.preprocess)
+    model, _ = load(name, device, precision="fp32")
     return PixelCLIP(model).to(device).eval().requires_grad_(False)
 
 

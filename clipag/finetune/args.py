@@ -9,7 +9,7 @@ from ..attacks import NORMS
 from ..datasets import DATASET_TYPES, guess_dataset_type
 from ..eval import parse_epsilon
 
-__all__ = ["build_parser", "parse_args", "OBJECTIVES", "DATASET_TYPES", "PRECISIONS"]
+__all__ = ["build_parser", "parse_args", "from_scratch", "OBJECTIVES", "DATASET_TYPES", "PRECISIONS"]
 
 OBJECTIVES = ("contrastive", "fare", "tecoa")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -19,6 +19,11 @@ SCRATCH_LR = 1e-3  # measured here for the bundled 32 px configs, pretrained fro
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the epilog's layout; help texts already state their defaults and sources."""
+
+
+def from_scratch(args: argparse.Namespace) -> bool:
+    """No ``--pretrained`` weights: the model starts from random initialisation (its config alone)."""
+    return not args.pretrained or args.pretrained == "none"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +176,7 @@ def parse_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Name
             raise TypeError(f"unknown finetune option {key!r}")
         setattr(args, key, value)
     if args.lr is None:  # FARE's 1e-5 suits pretrained weights; from random weights it barely moves in a CPU run
-        args.lr = FINETUNE_LR if args.pretrained not in (None, "none") else SCRATCH_LR
+        args.lr = SCRATCH_LR if from_scratch(args) else FINETUNE_LR
     if args.dataset_type == "auto":
         args.dataset_type = guess_dataset_type(args.train_data)
     if args.dataset_type != "synthetic" and not args.train_data:

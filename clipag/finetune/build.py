@@ -12,6 +12,7 @@ import open_clip
 import torch
 
 from ..model import attach_preprocess, build_model, load_weights
+from .args import from_scratch
 
 __all__ = ["model_config", "create_model", "param_groups", "lr_at", "epsilon_at", "Precision", "BUNDLED_CONFIGS"]
 
@@ -40,7 +41,7 @@ def create_model(args: Any) -> tuple[torch.nn.Module, dict[str, Any], dict[str, 
     Model init uses ``--seed`` on every rank, so ranks start identical even before DDP broadcasts.
     """
     torch.manual_seed(args.seed)
-    if args.pretrained and args.pretrained != "none":
+    if not from_scratch(args):
         from ..weights import resolve
 
         resolved = resolve(args.pretrained)

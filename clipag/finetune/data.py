@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..datasets import decode_image, image_bytes, read_csv, read_image_folder, tar_records
+from ..datasets import decode_image, image_bytes, read_csv, read_image_folder, shard_sources, tar_records
 from ..eval import load_templates
 from ..tokenizer import tokenize
 from .synthetic import SyntheticImages
@@ -128,10 +128,8 @@ class WebDatasetSource(Source):
 
     def __init__(self, urls: str, resampled: bool, weights: str | None, window: int, image_keys: str,
                  caption_key: str, num_samples: int | None, **kw: Any) -> None:
-        from webdataset.shardlists import expand_urls
-
         super().__init__(**kw)
-        self.sources = [expand_urls(part) for part in urls.split("::")]
+        self.sources = shard_sources(urls)
         self.shards = [shard for source in self.sources for shard in source]
         self.weights = [float(w) for w in weights.split("::")] if weights else [1.0] * len(self.sources)
         if len(self.weights) != len(self.sources):

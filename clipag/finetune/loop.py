@@ -24,7 +24,7 @@ from ..metrics import MetricsWriter
 from ..model import load_weights
 from ..tokenizer import tokenize
 from . import checkpoint, distributed
-from .args import parse_args
+from .args import from_scratch, parse_args
 from .build import Precision, create_model, epsilon_at, lr_at, param_groups
 from .data import build_source, fit_workers, make_loader
 from .export import export_model, push_to_hub
@@ -120,7 +120,7 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
         class_tokens = tokenize(prompts, context_length=context, truncate=True).to(d.device)
     elif args.objective == "tecoa":
         log.info("tecoa on captioned data: cross-entropy over each batch's distinct captions")
-    if args.pretrained == "none" and not args.unlock_text:
+    if from_scratch(args) and not args.unlock_text:
         log.warning("random initial weights with a frozen text tower: pass --pretrained, or --unlock-text to "
                     "pretrain from scratch")
     objective = Objective(args.objective, pixel, class_tokens, len(templates), text_locked=not args.unlock_text)
@@ -220,9 +220,10 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
                   {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
             window_start = time.perf_counter()
     bar.close()
-    result.not_learning = watch.summary() if watch.collapsed else None  # every rank saw the same averages
+    summary = watch.summary()
+    result.not_learning = summary if watch.collapsed else None  # every rank saw the same averages
     if d.main:
-        _log_summary(result, watch)
+        _log_summary(result, summary)
 
     digests = weight_digests(model, d)
     identical = len(set(digests)) == 1
@@ -255,7 +256,7 @@ def describe_attack(args: Any) -> str:
     return f"adversarial training: {args.attack_steps}-step {args.norm} PGD at ε={args.epsilon:g}{ramp}"
 
 
-def _log_summary(result: TrainResult, watch: LearningWatch) -> None:
+def _log_summary(result: TrainResult, watch_summary: str | None) -> None:
     """The end of the run in one line, and the collapse warning again if the run ended collapsed."""
     m = result.metrics
     if m:
@@ -265,8 +266,8 @@ def _log_summary(result: TrainResult, watch: LearningWatch) -> None:
                                                                    names.items() if key in m))
     if result.not_learning:
         log.warning(result.not_learning)
-    elif watch.summary():  # stuck for a while, then learned
-        log.info(watch.summary())
+    elif watch_summary:  # stuck for a while, then learned
+        log.info(watch_summary)
 
 
 @dataclass

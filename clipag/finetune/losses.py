@@ -95,6 +95,7 @@ class Targets:
     original: torch.Tensor | None = None  # FARE: frozen original embeddings of the clean images
     sample_tokens: torch.Tensor | None = None  # every image's caption tokens (for --gather-features)
     class_prompts: bool = False  # ``tokens`` are class prompts × templates (averaged per class)
+    chance: tuple[torch.Tensor, torch.Tensor] | None = None  # chance_level of ``index``: fixed for the batch
 
 
 class _VisualOnly(torch.nn.Module):
@@ -132,14 +133,16 @@ class Objective:
     def targets(self, images: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor) -> Targets:
         if self.kind == "fare":
             return Targets(None, None, None, original=self.original.encode_image(images))
+        symmetric = self.kind == "contrastive"
         if self.kind == "tecoa" and self.class_tokens is not None and bool((labels >= 0).all()):
             if self._class_text is None or not self.text_locked:
                 self._class_text = self.text(self.model.encode_text(self.class_tokens), class_prompts=True)
-            return Targets(labels, self.class_tokens, self._class_text, class_prompts=True)
+            return Targets(labels, self.class_tokens, self._class_text, class_prompts=True,
+                           chance=chance_level(labels, len(self._class_text), symmetric))
         first, inverse = text_groups(tokens)  # captions: CE / InfoNCE over the batch's distinct texts
         distinct = tokens[first]
         return Targets(inverse, distinct, self.text(self.model.encode_text(distinct), class_prompts=False),
-                       sample_tokens=tokens)
+                       sample_tokens=tokens, chance=chance_level(inverse, len(distinct), symmetric))
 
     def loss(self, image: torch.Tensor, targets: Targets, scale: torch.Tensor, text: torch.Tensor | None = None,
              reduction: str = "mean") -> LossResult:
@@ -154,8 +157,7 @@ class Objective:
         else:
             text = targets.text
         loss_fn = contrastive_loss if self.kind == "contrastive" else tecoa_loss
-        return LossResult(*loss_fn(image, text, targets.index, scale, reduction),
-                          *chance_level(targets.index, len(text), symmetric=self.kind == "contrastive"))
+        return LossResult(*loss_fn(image, text, targets.index, scale, reduction), *targets.chance)
 
     def global_loss(self, image: torch.Tensor, targets: Targets, scale: torch.Tensor,
                     text: torch.Tensor | None = None) -> LossResult:

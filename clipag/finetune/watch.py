@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .args import from_scratch
+
 __all__ = ["mean_pairwise_cosine", "LearningWatch", "suggestions", "SIGNALS", "LOSS_MARGIN", "ACC_MARGIN",
            "COLLAPSED_COSINE"]
 
@@ -121,17 +123,17 @@ def suggestions(args: Any, pool_type: str | None = None) -> list[str]:
     """What to try, fitted to the run's flags (``args`` from ``finetune.args.parse_args``) and the image tower's
     pooling (open_clip's ``visual.pool_type``)."""
     hints = []
-    from_scratch = args.pretrained in (None, "none")
+    scratch = from_scratch(args)
     if args.lr == 0:
         hints.append("a --lr above 0: with --lr 0 nothing is trained.")
-    elif from_scratch and args.unlock_text:
+    elif scratch and args.unlock_text:
         if pool_type == "tok":
             hints.append('a config that pools the patch tokens ("pool_type": "avg" in vision_cfg, as the bundled '
                          "clipag-tiny-32px does): a class token starts out nearly blind to the input.")
         hints.append("a lower --lr or a longer --warmup (about 20% of --steps): at a high LR the text tower can "
                      "put every caption on one direction within the first steps, while the image embeddings are "
                      "still alike, and stay there (no image gradient is left). See docs/finetune.md.")
-    elif from_scratch:
+    elif scratch:
         hints.append("--pretrained WEIGHTS, or --unlock-text to pretrain from scratch: a random, frozen text tower "
                      "gives the image tower poor targets.")
     else:
