@@ -70,7 +70,7 @@ def build_structure(num_control_points: Sequence[Sequence[int] | torch.Tensor], 
                     device: torch.device | str = "cpu") -> Structure:
     """Pack paths and layers. ``layers``: ``(kind, path_ids, even_odd)`` in drawing order;
     ``transforms``: one 3×3 shape-to-canvas matrix (or None) per layer. Raises ValueError on bad input."""
-    counts, seg_types, seg_first, seg_path, path_len = [], [], [], [], []
+    counts, seg_types, seg_first, seg_path = [], [], [], []
     offset = 0
     for p, (ncp, is_closed) in enumerate(zip(num_control_points, closed, strict=True)):
         ncp = [int(v) for v in (ncp.tolist() if isinstance(ncp, torch.Tensor) else ncp)]
@@ -86,7 +86,6 @@ def build_structure(num_control_points: Sequence[Sequence[int] | torch.Tensor], 
             seg_path.append(p)
             first += v + 1
         counts.append(n)
-        path_len.append(n)
         offset += n
     types = torch.tensor(seg_types, dtype=torch.long)
     base = torch.tensor([s[0] for s in seg_first], dtype=torch.long)

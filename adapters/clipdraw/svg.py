@@ -74,7 +74,8 @@ def svg_string(width: int, height: int, shapes: Sequence[Any], groups: Sequence[
         ET.SubElement(root, "rect", {"width": "100%", "height": "100%", "fill": background})
     for group in groups:
         ids = [int(i) for i in torch.as_tensor(group.shape_ids).reshape(-1).tolist()]
-        data = " ".join(_path_data(shapes[i]) for i in ids)
+        parts = [_path_data(shapes[i]) for i in ids]
+        data = " ".join(parts)
         transform = _transform(group)
         extra = {"transform": transform} if transform else {}
         gid = {"id": group.id} if getattr(group, "id", "") else {}
@@ -88,8 +89,8 @@ def svg_string(width: int, height: int, shapes: Sequence[Any], groups: Sequence[
             else:  # one opacity for the union of strokes of different widths, as the group is one layer
                 opacity = attrs.pop("stroke-opacity")
                 holder = ET.SubElement(root, "g", {"opacity": opacity})
-                for i in ids:
-                    ET.SubElement(holder, "path", {"d": _path_data(shapes[i]), **attrs,
+                for i, part in zip(ids, parts, strict=True):
+                    ET.SubElement(holder, "path", {"d": part, **attrs,
                                                    "stroke-width": _num(2 * float(shapes[i].stroke_width))})
         if group.fill_color is not None:
             c = group.fill_color.detach()
@@ -116,7 +117,8 @@ def save_svg(filename: str | os.PathLike, width: int, height: int, shapes: Seque
 
 # -- reading ----------------------------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"[MmLlHhVvCcQqZzSsTtAa]|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_TOKEN = re.compile(r"[MmLlHhVvCcQqZzSsTtAa]|" + _NUMBER)
 _ARITY = {"M": 2, "L": 2, "H": 1, "V": 1, "C": 6, "Q": 4, "Z": 0}
 
 
@@ -241,7 +243,7 @@ def load_svg(filename: str | os.PathLike) -> tuple[int, int, list[Any], list[Sha
                 found = [Ellipse(torch.tensor([float(attrs["rx"]), float(attrs["ry"])]),
                                  torch.tensor([float(attrs.get("cx", 0)), float(attrs.get("cy", 0))]))]
             elif tag in ("polygon", "polyline"):
-                nums = [float(v) for v in re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", attrs["points"])]
+                nums = [float(v) for v in re.findall(_NUMBER, attrs["points"])]
                 found = [Polygon(torch.tensor(nums).view(-1, 2), tag == "polygon")]
             else:
                 raise NotImplementedError(f"SVG element <{tag}> is not covered by clipag's SVG reader")
