@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,12 @@ from PIL import Image
 
 from . import augment as A
 from .images import to_pil
+from .loader import input_resolution, resolve_model
 from .model import image_normalization
 from .precision import autocast_for, check_amp
 from .prior import Prior, default_prior_path, upsample
-from .progress import run_steps
-from .speed import input_grad_mode
+from .progress import Interrupted, run_steps
+from .speed import optimizer_mode
 
 __all__ = ["GenerateConfig", "GenerationResult", "GenerationInterrupted", "Generator", "Session", "Step",
            "generate",
@@ -114,12 +114,8 @@ class GenerationResult:
         return self.steps_done / self.seconds if self.seconds else 0.0
 
 
-class GenerationInterrupted(KeyboardInterrupt):
+class GenerationInterrupted(Interrupted):
     """Ctrl-C during generation; ``.result`` holds the best image so far."""
-
-    def __init__(self, result: GenerationResult) -> None:
-        super().__init__(f"interrupted after {result.steps_done} steps")
-        self.result = result
 
 
 def dynamic_threshold(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -128,27 +124,6 @@ def dynamic_threshold(x: torch.Tensor, p: float) -> torch.Tensor:
     y = x * 2 - 1
     s = torch.quantile(y.abs().flatten(1).float(), p, dim=1).clamp(min=1).to(y.dtype).view(-1, 1, 1, 1)
     return (torch.maximum(torch.minimum(y, s), -s) / s + 1) / 2
-
-
-def _model_resolution(model: Any) -> int:
-    visual = model.visual
-    size = getattr(visual, "input_resolution", None) or visual.image_size
-    return int(size[0] if isinstance(size, tuple | list) else size)
-
-
-def _resolve_model(model: Any, device: str | torch.device | None) -> tuple[torch.nn.Module, torch.device]:
-    if isinstance(model, str | os.PathLike):
-        from .loader import load
-
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        # fp32 weights with autocast on GPU (the notebook's open_clip precision="amp"), not OpenAI's fp16 weights
-        return load(str(model), device=device, precision="fp32")[0], device
-    if not (hasattr(model, "encode_image") and hasattr(model, "encode_text") and hasattr(model, "visual")):
-        raise TypeError(f"model must be a name/path for clipag.load or a CLIP model, got {type(model).__name__}")
-    model_device = next(model.parameters()).device
-    if device is not None and torch.device(device) != model_device:
-        raise ValueError(f"the model is on {model_device} but device={device!r}; move it first (model.to(...))")
-    return model, model_device
 
 
 def _compiled(encode: Callable[[torch.Tensor], torch.Tensor],
@@ -179,11 +154,11 @@ class Generator:
 
     def __init__(self, model: Any = "ViT-B/32", *, device: str | torch.device | None = None,
                  prior: Prior | str | os.PathLike | None = "auto", config: GenerateConfig | None = None) -> None:
-        self.model, self.device = _resolve_model(model, device)
+        self.model, _, self.device = resolve_model(model, device)
         self.config = config or GenerateConfig()
         self.config.validate()
         self.prior = _resolve_prior(prior)
-        self.resolution = _model_resolution(self.model)
+        self.resolution = input_resolution(self.model)
         self.canvas_size()  # refuse a bad size now, not after the prompt is encoded
         self._encode_image = _compiled(self.model.encode_image, self.device) if self.config.compile \
             else self.model.encode_image
@@ -202,16 +177,11 @@ class Generator:
         return F.normalize(features.float(), dim=-1)
 
     def _text_features(self, prompt: str) -> torch.Tensor:
-        from .tokenizer import tokenize
+        from .tokenizer import tokenize_for
 
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: describe the image to generate, e.g. \"a red apple on a table\"")
-        context = int(getattr(self.model, "context_length", 77) or 77)
-        try:
-            tokens = tokenize([prompt], context_length=context)
-        except RuntimeError:
-            warnings.warn(f"prompt longer than {context} tokens; the end is cut off", stacklevel=3)
-            tokens = tokenize([prompt], context_length=context, truncate=True)
+        tokens = tokenize_for(self.model, [prompt], "the prompt", stacklevel=3)
         with torch.no_grad(), self._autocast():
             features = self.model.encode_text(tokens.to(self.device))
         return F.normalize(features.float(), dim=-1)
@@ -276,9 +246,7 @@ class Generator:
         return Session(self, prompt, seed)
 
     def _mode(self) -> contextlib.AbstractContextManager:
-        fast = self.config.fast
-        return input_grad_mode(self.model, freeze=True, lean_blocks=fast, class_token_only=fast,
-                               patch_matmul=None if fast else False)
+        return optimizer_mode(self.model, self.config.fast)
 
     def run(self, prompt: str, *, seed: int = 0, callback: Callable[[Step], bool | None] | None = None,
             progress: bool = False) -> GenerationResult:

@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .precision import AMP_MODES
+
 __all__ = ["register_generate", "register_prior"]
 
 
-def _slug(text: str, limit: int = 60) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "clipag"
+def _slug(text: str, limit: int = 60, fallback: str = "clipag") -> str:
+    """A default output name from a prompt (``clipag generate``, ``vqgan`` and ``style`` share it)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or fallback
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -115,7 +118,7 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--views", type=int, default=None, help="global views per step (default 32)")
     p.add_argument("--patches", type=int, default=None, help="patch crops per step (default 32)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 0.0175)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=None,
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="autocast (default auto: bf16/fp16 on CUDA, off on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder (CUDA graphs on GPU): "
                                                           "slower first image, faster steps after it")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ["to_pil", "save_png", "save_gif", "make_grid", "labelled_grid", "numbered"]
+__all__ = ["to_pil", "save_png", "save_gif", "make_grid", "labelled_grid", "model_label", "numbered"]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -108,6 +108,12 @@ def labelled_grid(cells: Sequence[Sequence[Image.Image]], row_labels: Sequence[s
                 tile = tile.resize((size, size), Image.Resampling.NEAREST)
             sheet.paste(tile, (x_of(column), header + row * size))
     return sheet
+
+
+def model_label(model: str | os.PathLike) -> str:
+    """A model's title in a grid: registry names and ids as they are, paths by their last component."""
+    path = Path(model)
+    return path.name if path.exists() else str(model)
 
 
 def numbered(path: str | os.PathLike, index: int | str) -> Path:

@@ -12,7 +12,7 @@ import torch
 from .model import CLIP, CustomTextCLIP, attach_preprocess, build_model, load_weights, make_preprocess
 from .weights import resolve
 
-__all__ = ["load"]
+__all__ = ["load", "resolve_model", "input_resolution"]
 
 
 def _default_precision(device: torch.device) -> str:
@@ -44,3 +44,30 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
     model.to(device)
     attach_preprocess(model, resolved.preprocess)  # generation and adapters read mean/std from the model
     return model, make_preprocess(model.visual.input_resolution, resolved.preprocess)
+
+
+def resolve_model(model: Any, device: str | torch.device | None = None,
+                  ) -> tuple[torch.nn.Module, Callable[[Any], torch.Tensor] | None, torch.device]:
+    """What every optimiser accepts as ``model``: ``(model, preprocess or None, device)``.
+
+    A name or path is loaded with fp32 weights (autocast, not OpenAI's fp16 weights, is how they run fast on
+    a GPU) on ``device``, default CUDA when available. A CLIP already loaded stays on its device, which
+    ``device`` must agree with; its preprocess is then unknown here (None).
+    """
+    if isinstance(model, str | os.PathLike):
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        loaded, preprocess = load(str(model), device=device, precision="fp32")
+        return loaded, preprocess, device
+    if not (hasattr(model, "encode_image") and hasattr(model, "encode_text") and hasattr(model, "visual")):
+        raise TypeError(f"model must be a name/path for clipag.load or a CLIP model, got {type(model).__name__}")
+    model_device = next(model.parameters()).device
+    if device is not None and torch.device(device) != model_device:
+        raise ValueError(f"the model is on {model_device} but device={device!r}; move it first (model.to(...))")
+    return model, None, model_device
+
+
+def input_resolution(model: Any) -> int:
+    """The side of the images ``model.encode_image`` takes (clipag's, OpenAI's or open_clip's CLIP)."""
+    visual = model.visual
+    size = getattr(visual, "input_resolution", None) or visual.image_size
+    return int(size[0] if isinstance(size, tuple | list) else size)

@@ -7,8 +7,10 @@ fp32, and ``bf16`` there is an opt-in (1.5-1.6x on CPUs with native bf16; the nu
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["AMP_MODES", "check_amp", "autocast_for"]
 
@@ -23,6 +25,8 @@ def check_amp(amp: str) -> str:
 
 def autocast_for(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast context ``amp`` asks for on ``device`` (a null context when it is off)."""
+    import torch  # here, so the CLIs can read AMP_MODES without importing torch
+
     if check_amp(amp) == "off" or (amp == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     if amp == "auto":

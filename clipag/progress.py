@@ -10,6 +10,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``.result`` holds what the run had made. Each optimiser raises its own subclass."""
+
+    def __init__(self, result: Any) -> None:
+        steps = getattr(result, "steps_done", None)
+        super().__init__("interrupted" if steps is None else f"interrupted after {steps} steps")
+        self.result = result
+
+
 class Session(Protocol):
     def step(self) -> Any: ...
 
@@ -17,13 +26,13 @@ class Session(Protocol):
 
 
 def run_steps(session: Session, steps: int, *, label: str, progress: bool,
-              callback: Callable[[Any], bool | None] | None, interrupted: Callable[[Any], KeyboardInterrupt],
+              callback: Callable[[Any], bool | None] | None, interrupted: type[Interrupted],
               postfix: Callable[[Any], dict[str, str]]) -> Any:
     """Run ``steps`` steps of ``session`` and return its result.
 
     ``callback(step)`` returning True stops early; ``postfix(step)`` is shown on the bar. Ctrl-C raises
-    ``interrupted(result)`` (a ``KeyboardInterrupt`` subclass carrying the result as it was), so a caller that
-    does not catch it still stops as Python would.
+    ``interrupted(result)`` (an :class:`Interrupted`, so a ``KeyboardInterrupt``, carrying the result as it was),
+    so a caller that does not catch it still stops as Python would.
     """
     from tqdm.auto import tqdm
 

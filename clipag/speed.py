@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LeanBlock", "PatchEmbedMatmul", "input_grad_mode"]
+__all__ = ["LeanBlock", "PatchEmbedMatmul", "input_grad_mode", "optimizer_mode"]
 
 
 class PatchEmbedMatmul(nn.Module):
@@ -146,3 +146,10 @@ def input_grad_mode(model: nn.Module, *, freeze: bool = True, lean_blocks: bool 
         for p, flag in saved_grad:
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def optimizer_mode(model: nn.Module, fast: bool = True) -> contextlib.AbstractContextManager[nn.Module]:
+    """How every optimiser (generation and the adapters) runs CLIP: weights frozen, and with ``fast`` every exact
+    fast path; ``fast=False`` applies none, for bit-for-bit comparisons with upstream's code."""
+    return input_grad_mode(model, freeze=True, lean_blocks=fast, class_token_only=fast,
+                           patch_matmul=None if fast else False)

@@ -9,6 +9,8 @@ We reuse its BPE and fix those three things here.
 from __future__ import annotations
 
 import functools
+import warnings
+from typing import Any
 
 import regex as re
 import torch
@@ -17,7 +19,7 @@ from open_clip.tokenizer import SimpleTokenizer
 SOT_TEXT, EOT_TEXT = "<|startoftext|>", "<|endoftext|>"
 _OPEN_CLIP_SPECIALS = {"<start_of_text>": SOT_TEXT, "<end_of_text>": EOT_TEXT}
 
-__all__ = ["tokenize", "get_tokenizer", "SOT_TEXT", "EOT_TEXT"]
+__all__ = ["tokenize", "tokenize_for", "get_tokenizer", "SOT_TEXT", "EOT_TEXT"]
 
 
 class OpenAITokenizer(SimpleTokenizer):
@@ -64,3 +66,15 @@ def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = 
             tokens[-1] = eot
         result[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int)
     return result
+
+
+def tokenize_for(model: Any, texts: str | list[str], what: str, stacklevel: int = 2) -> torch.IntTensor:
+    """``texts`` at ``model``'s context length, for the optimisers: a text that does not fit is cut, with a
+    warning that names ``what`` (OpenAI's ``tokenize`` would raise; silently cut, a prompt loses its end)."""
+    context = int(getattr(model, "context_length", 77) or 77)
+    try:
+        return tokenize(texts, context_length=context)
+    except RuntimeError:
+        warnings.warn(f"{what} is longer than {context} tokens, CLIP's context; the end is cut off",
+                      stacklevel=stacklevel + 1)
+        return tokenize(texts, context_length=context, truncate=True)

@@ -9,14 +9,10 @@ from pathlib import Path
 __all__ = ["register_draw"]
 
 
-def _label(model: str) -> str:
-    return Path(model).name if Path(model).exists() else model
-
-
 def cmd_draw(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from clipag.images import labelled_grid, numbered, save_gif, save_png
+    from clipag.images import labelled_grid, model_label, numbered, save_gif, save_png
 
     from .drawer import DrawConfig, Drawer, DrawingInterrupted
 
@@ -64,7 +60,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
                 return status
     if several:
         grid = labelled_grid([cells[p] for p in args.prompts], row_labels=list(args.prompts),
-                             group_labels=[_label(name) for name, _ in drawers], group_size=args.n)
+                             group_labels=[model_label(name) for name, _ in drawers], group_size=args.n)
         print(save_png(grid, Path(args.grid) if args.grid else numbered(output.with_suffix(".png"), "grid")))
     return status
 

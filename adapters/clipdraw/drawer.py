@@ -31,16 +31,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipag.augment import resize_to
-from clipag.generation import _model_resolution, _resolve_model
 from clipag.images import to_pil
-from clipag.speed import input_grad_mode
+from clipag.loader import input_resolution, resolve_model
+from clipag.progress import Interrupted, run_steps
+from clipag.speed import optimizer_mode
 
 from .geometry import STROKE, build_structure
 from .raster import rasterize
 from .scene import Path, ShapeGroup
 from .svg import save_svg, svg_string
 
-__all__ = ["DrawConfig", "Drawing", "DrawingInterrupted", "Drawer", "draw", "initial_strokes"]
+__all__ = ["DrawConfig", "Drawing", "DrawingInterrupted", "Drawer", "DrawSession", "draw", "initial_strokes"]
 
 NEGATIVE_PROMPTS = ("A badly drawn sketch.", "Many ugly, messy drawings.")
 
@@ -149,12 +150,8 @@ class Drawing:
         return save_svg(path, self.size, self.size, *self.strokes.scene(), background="white")
 
 
-class DrawingInterrupted(KeyboardInterrupt):
+class DrawingInterrupted(Interrupted):
     """Ctrl-C while drawing; ``.result`` holds the drawing kept so far."""
-
-    def __init__(self, result: Drawing) -> None:
-        super().__init__(f"interrupted after {result.steps_done} steps")
-        self.result = result
 
 
 @contextlib.contextmanager
@@ -179,13 +176,9 @@ class Drawer:
 
         self.config = cfg = config or DrawConfig()
         cfg.validate()
-        if isinstance(model, str | os.PathLike):
-            from clipag.loader import load
-
-            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            model, preprocess = load(str(model), device=device, precision="fp32")
-        self.model, self.device = _resolve_model(model, device)
-        self.resolution = _model_resolution(self.model)
+        self.model, loaded_preprocess, self.device = resolve_model(model, device)
+        preprocess = loaded_preprocess if loaded_preprocess is not None else preprocess
+        self.resolution = input_resolution(self.model)
         self._mean = self._std = None
         if cfg.normalize:
             if preprocess is None:
@@ -199,10 +192,9 @@ class Drawer:
         self._white = torch.ones(cfg.size, cfg.size, 4, device=self.device)
 
     def _text(self, prompts: list[str]) -> torch.Tensor:
-        from clipag.tokenizer import tokenize
+        from clipag.tokenizer import tokenize_for
 
-        context = int(getattr(self.model, "context_length", 77) or 77)
-        tokens = tokenize(prompts, context_length=context, truncate=True).to(self.device)
+        tokens = tokenize_for(self.model, prompts, f"prompt {prompts[0][:40]!r}...", stacklevel=4).to(self.device)
         with torch.no_grad():
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
@@ -237,70 +229,83 @@ class Drawer:
         return loss
 
     def _mode(self) -> contextlib.AbstractContextManager:
-        fast = self.config.fast
-        return input_grad_mode(self.model, freeze=True, lean_blocks=fast, class_token_only=fast,
-                               patch_matmul=None if fast else False)
+        return optimizer_mode(self.model, self.config.fast)
+
+    def session(self, prompt: str, *, seed: int = 0, start: Strokes | None = None) -> DrawSession:
+        """One drawing driven step by step: ``s = drawer.session(p); s.step() ...; s.result()``."""
+        return DrawSession(self, prompt, seed, start)
 
     def run(self, prompt: str, *, seed: int = 0, start: Strokes | None = None, progress: bool = False,
             callback: Callable[[int, float], bool | None] | None = None) -> Drawing:
         """Draw ``prompt``. ``start`` overrides the random start strokes; ``callback(step, loss)`` returning True
         stops early. Ctrl-C raises :class:`DrawingInterrupted` carrying the drawing kept so far."""
-        from tqdm.auto import tqdm
+        return run_steps(self.session(prompt, seed=seed, start=start), self.config.steps, label=prompt,
+                         progress=progress, callback=None if callback is None else lambda s: callback(s.step, s.loss),
+                         interrupted=DrawingInterrupted,
+                         postfix=lambda s: {"loss": f"{s.loss:.4f}", "best": f"{s.best_loss:.4f}"})
 
+
+@dataclass(frozen=True)
+class DrawStep:
+    step: int
+    loss: float
+    best_loss: float
+
+
+class DrawSession:
+    """One CLIPDraw run: the strokes, their optimizer and schedule, the lowest-loss drawing, losses and frames."""
+
+    def __init__(self, drawer: Drawer, prompt: str, seed: int, start: Strokes | None) -> None:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: describe the drawing, e.g. \"a watercolor painting of a fox\"")
-        cfg = self.config
-        text = self._text([prompt])
-        negatives = self._text(list(NEGATIVE_PROMPTS)) if cfg.negative else None
+        self.drawer, self.prompt, self.seed = drawer, prompt, seed
+        cfg = drawer.config
+        self.text = drawer._text([prompt])
+        self.negatives = drawer._text(list(NEGATIVE_PROMPTS)) if cfg.negative else None
         s = (start or initial_strokes(cfg, seed)).detached()
-        strokes = Strokes(s.points.to(self.device).requires_grad_(), s.widths.to(self.device).requires_grad_(),
-                          s.colors.to(self.device).requires_grad_(), s.segments)
-        optimizer = torch.optim.Adam([{"params": [strokes.points], "lr": cfg.lr_points},
-                                      {"params": [strokes.widths], "lr": cfg.lr_width},
-                                      {"params": [strokes.colors], "lr": cfg.lr_color}])
-        switches = {int(cfg.steps * fraction): lr for fraction, lr in cfg.schedule}
-        best, best_loss, best_step = strokes.detached(), math.inf, -1
-        losses: list[float] = []
-        frames: list[Image.Image] = []
-        t0 = time.perf_counter()
-        bar = tqdm(range(cfg.steps), desc=prompt[:40], disable=not progress, leave=True)
-        interrupted = False
-        try:
-            for t in bar:
-                if t in switches:
-                    optimizer.param_groups[0]["lr"] = switches[t]
-                optimizer.zero_grad(set_to_none=True)
-                with self._mode():
-                    image = self.render(strokes)
-                    loss = self.loss(image, text, negatives, seed * 1_000_003 + t)
-                    loss.backward()
-                value = float(loss.detach())
-                if value < best_loss:  # keep the drawing this loss was measured on
-                    best, best_loss, best_step = strokes.detached(), value, t
-                optimizer.step()
-                with torch.no_grad():
-                    strokes.widths.clamp_(1.0, cfg.max_width)
-                    strokes.colors.clamp_(0.0, 1.0)
-                losses.append(value)
-                if cfg.frame_every and (t % cfg.frame_every == 0 or t == cfg.steps - 1):
-                    frames.append(to_pil(image.detach()))
-                bar.set_postfix(loss=f"{value:.4f}", best=f"{best_loss:.4f}", refresh=False)
-                if callback is not None and callback(t, value):
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            bar.close()
-        # Ctrl-C keeps the best drawing so far (the last step may be half done); a finished run keeps cfg.keep
-        kept = best if (interrupted or cfg.keep == "best") and best_step >= 0 else strokes.detached()
+        device = drawer.device
+        self.strokes = Strokes(s.points.to(device).requires_grad_(), s.widths.to(device).requires_grad_(),
+                               s.colors.to(device).requires_grad_(), s.segments)
+        self.optimizer = torch.optim.Adam([{"params": [self.strokes.points], "lr": cfg.lr_points},
+                                           {"params": [self.strokes.widths], "lr": cfg.lr_width},
+                                           {"params": [self.strokes.colors], "lr": cfg.lr_color}])
+        self.switches = {int(cfg.steps * fraction): lr for fraction, lr in cfg.schedule}
+        self.best, self.best_loss, self.best_step = self.strokes.detached(), math.inf, -1
+        self.losses: list[float] = []
+        self.frames: list[Image.Image] = []
+        self.t0 = time.perf_counter()
+
+    def step(self) -> DrawStep:
+        drawer, cfg, strokes, t = self.drawer, self.drawer.config, self.strokes, len(self.losses)
+        if t in self.switches:
+            self.optimizer.param_groups[0]["lr"] = self.switches[t]
+        self.optimizer.zero_grad(set_to_none=True)
+        with drawer._mode():
+            image = drawer.render(strokes)
+            loss = drawer.loss(image, self.text, self.negatives, self.seed * 1_000_003 + t)
+            loss.backward()
+        value = float(loss.detach())
+        if value < self.best_loss:  # keep the drawing this loss was measured on
+            self.best, self.best_loss, self.best_step = strokes.detached(), value, t
+        self.optimizer.step()
         with torch.no_grad():
-            image = to_pil(self.render(Strokes(kept.points.to(self.device), kept.widths.to(self.device),
-                                               kept.colors.to(self.device), kept.segments)))
-        result = Drawing(prompt, seed, kept, image, cfg.size, best_step, best_loss, losses, frames, len(losses),
-                         time.perf_counter() - t0, interrupted)
-        if interrupted:
-            raise DrawingInterrupted(result)
-        return result
+            strokes.widths.clamp_(1.0, cfg.max_width)
+            strokes.colors.clamp_(0.0, 1.0)
+        self.losses.append(value)
+        if cfg.frame_every and (t % cfg.frame_every == 0 or t == cfg.steps - 1):
+            self.frames.append(to_pil(image.detach()))
+        return DrawStep(t, value, self.best_loss)
+
+    def result(self, interrupted: bool = False) -> Drawing:
+        """Ctrl-C keeps the best drawing so far (the last step may be half done); a finished run keeps cfg.keep."""
+        cfg = self.drawer.config
+        keep_best = (interrupted or cfg.keep == "best") and self.best_step >= 0
+        kept = self.best if keep_best else self.strokes.detached()
+        with torch.no_grad():
+            image = to_pil(self.drawer.render(kept))  # kept comes from the strokes, already on the device
+        return Drawing(self.prompt, self.seed, kept, image, cfg.size, self.best_step, self.best_loss,
+                       list(self.losses), list(self.frames), len(self.losses), time.perf_counter() - self.t0,
+                       interrupted)
 
 
 def draw(prompt: str, *, model: Any = "ViT-B/32", steps: int = 1000, strokes: int = 256, seed: int = 0,

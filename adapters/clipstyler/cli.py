@@ -6,20 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from clipag.precision import AMP_MODES
+
 __all__ = ["register_style"]
-
-
-def _label(model: str) -> str:
-    """A short column title: registry names as they are, paths by their last component."""
-    path = Path(model)
-    return path.name if path.exists() else model
 
 
 def cmd_style(args: argparse.Namespace) -> int:
     import dataclasses
 
     from clipag.generation_cli import _slug
-    from clipag.images import labelled_grid, numbered, save_png
+    from clipag.images import labelled_grid, model_label, numbered, save_png
 
     from .styler import StyleConfig, StyleInterrupted, Styler, load_content
 
@@ -66,7 +62,7 @@ def cmd_style(args: argparse.Namespace) -> int:
 
         rows = [[to_pil(content), *(r.image for r in results[k:k + len(models)])]
                 for k in range(0, len(results), len(models))]
-        grid = labelled_grid(rows, row_labels=list(args.texts), group_labels=["content", *map(_label, models)],
+        grid = labelled_grid(rows, row_labels=list(args.texts), group_labels=["content", *map(model_label, models)],
                              group_size=1, cell_size=min(256, config.size[0]))
         print(save_png(grid, numbered(output, "grid")))
     return 0
@@ -93,7 +89,7 @@ def register_style(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", type=int, default=None, help="patch crops per step (default 64)")
     p.add_argument("--crop-size", type=int, default=None, help="patch crop side in pixels (default 128)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-4)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default=None,
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="autocast for CLIP (default auto: bf16/fp16 on CUDA, off on CPU; bf16 on a CPU with "
                         "native bf16 is about 1.5x faster, not exact)")
     p.add_argument("--raw", action="store_true",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,8 @@ from PIL import Image
 from clipag import augment as A
 from clipag.images import to_pil
 from clipag.precision import autocast_for, check_amp
-from clipag.progress import run_steps
-from clipag.speed import input_grad_mode
+from clipag.progress import Interrupted, run_steps
+from clipag.speed import optimizer_mode
 
 from . import losses as L
 from .stylenet import StyleNet
@@ -102,12 +101,8 @@ class StyleResult:
     interrupted: bool = False
 
 
-class StyleInterrupted(KeyboardInterrupt):
+class StyleInterrupted(Interrupted):
     """Ctrl-C during styling; ``.result`` holds the network's current output."""
-
-    def __init__(self, result: StyleResult) -> None:
-        super().__init__(f"interrupted after {result.steps_done} steps")
-        self.result = result
 
 
 def finish(image: torch.Tensor, contrast: float | None = 1.5) -> torch.Tensor:
@@ -157,30 +152,25 @@ class Styler:
 
     def __init__(self, model: Any = "ViT-B/32", *, device: str | torch.device | None = None, preprocess: Any = None,
                  vgg: VGGContent | None = None, config: StyleConfig | None = None, progress: bool = True) -> None:
-        from clipag.model import normalization_of
+        from clipag.loader import input_resolution, resolve_model
+        from clipag.model import image_normalization
 
         self.config = config or StyleConfig()
         self.config.validate()
-        if isinstance(model, str | os.PathLike):
+        by_name = isinstance(model, str | os.PathLike)
+        if not by_name and preprocess is None:
+            raise ValueError("pass preprocess= (the transform clip.load returned) with a loaded model, so the "
+                             "views are normalised as the model expects")
+        # VGG first: a missing VGG19 file is reported before a CLIP download starts
+        if by_name:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         else:
-            if preprocess is None:
-                raise ValueError("pass preprocess= (the transform clip.load returned) with a loaded model, so the "
-                                 "views are normalised as the model expects")
-            self.model, self.device = model, next(model.parameters()).device
-            if device is not None and torch.device(device) != self.device:
-                raise ValueError(f"the model is on {self.device} but device={device!r}; move it first")
-        # VGG first: a missing VGG19 file is reported before a CLIP download starts
+            _, _, self.device = resolve_model(model, device)  # a CLIP, on `device` if one is given
         self.vgg = (vgg or load_vgg_content(self.device, progress=progress)).to(self.device)
-        if isinstance(model, str | os.PathLike):
-            from clipag.loader import load
-
-            self.model, preprocess = load(str(model), device=self.device, precision="fp32")
-        mean, std = normalization_of(preprocess)
-        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        size = getattr(self.model.visual, "input_resolution", None) or self.model.visual.image_size
-        self.resolution = int(size[0] if isinstance(size, tuple | list) else size)
+        self.model, loaded_preprocess, _ = resolve_model(model, self.device)
+        self._mean, self._std = image_normalization(loaded_preprocess if loaded_preprocess is not None else preprocess,
+                                                    self.device)
+        self.resolution = input_resolution(self.model)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     # -- pieces ---------------------------------------------------------------------------------------------
@@ -190,17 +180,10 @@ class Styler:
     def text_features(self, text: str) -> torch.Tensor:
         """``text`` averaged over the prompt templates (the 79 ImageNet ones), unit norm ``(1, D)``; cached."""
         if text not in self._text_cache:
-            from clipag.tokenizer import tokenize
-
-            context = int(getattr(self.model, "context_length", 77) or 77)
+            from clipag.tokenizer import tokenize_for
 
             def tokens(texts: list[str]) -> torch.Tensor:
-                try:
-                    return tokenize(texts, context_length=context)
-                except RuntimeError:
-                    warnings.warn(f"{text!r} in a prompt template is longer than {context} tokens; the end is cut "
-                                  "off", stacklevel=4)
-                    return tokenize(texts, context_length=context, truncate=True)
+                return tokenize_for(self.model, texts, f"{text!r} in a prompt template", stacklevel=4)
 
             templates = self.config.templates or L.IMAGENET_TEMPLATES
             with self.autocast():
@@ -224,9 +207,7 @@ class Styler:
         return A.resize_to(A.random_perspective(crops, cfg.distortion, generator), self.resolution)
 
     def mode(self) -> contextlib.AbstractContextManager:
-        fast = self.config.fast
-        return input_grad_mode(self.model, freeze=True, lean_blocks=fast, class_token_only=fast,
-                               patch_matmul=None if fast else False)
+        return optimizer_mode(self.model, self.config.fast)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def session(self, content: Any, text: str, seed: int = 0, source: str | None = None) -> StyleSession:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
+from clipag.precision import AMP_MODES
+
 __all__ = ["register_vqgan", "cmd_vqgan"]
-
-
-def _slug(text: str, limit: int = 60) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "vqgan"
 
 
 def cmd_vqgan(args: argparse.Namespace) -> int:
     import torch
 
+    from clipag.generation_cli import _slug
     from clipag.images import save_gif, save_png
 
     from .loop import VQGANCLIP, VQGANCLIPConfig, VQGANCLIPInterrupted
@@ -39,7 +37,7 @@ def cmd_vqgan(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"clipag vqgan: error: {e}", file=sys.stderr)
         return 2
-    output = Path(args.output or f"{_slug(args.prompt or 'image-prompt')}.png")
+    output = Path(args.output or f"{_slug(args.prompt or 'image-prompt', fallback='vqgan')}.png")
     if not args.quiet:
         print(f"{settings.steps} steps, {gen.cut_size}px x {settings.cutn} cutouts, VQGAN f{gen.factor}, "
               f"{gen.device}, seed {args.seed}", file=sys.stderr)
@@ -82,7 +80,7 @@ def register_vqgan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (default %(default)s)")
     p.add_argument("--augments", nargs="+", default=["Af", "Pe", "Ji", "Er"], metavar="CODE",
                    help="VQGAN-CLIP's -aug codes: Ji Sh Gn Pe Ro Af Et Ts Cr Er Re (default: Af Pe Ji Er)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+    p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="CLIP under autocast (default auto: bf16/fp16 on CUDA, off on CPU; bf16 on a CPU with "
                         "native bf16 is about 1.6x faster, not exact)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

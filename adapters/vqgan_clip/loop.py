@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ from torch import nn
 
 from clipag.images import to_pil
 from clipag.precision import autocast_for, check_amp
-from clipag.progress import run_steps
-from clipag.speed import input_grad_mode
+from clipag.progress import Interrupted, run_steps
+from clipag.speed import optimizer_mode
 
 from .cutouts import DEFAULT_AUGMENTS, Cutouts
 from .losses import Prompt, clamp_with_grad, parse_prompts, split_prompt, vector_quantize
@@ -90,12 +89,8 @@ class VQGANCLIPResult:
     interrupted: bool = False
 
 
-class VQGANCLIPInterrupted(KeyboardInterrupt):
+class VQGANCLIPInterrupted(Interrupted):
     """Ctrl-C during :meth:`VQGANCLIP.run`; ``.result`` holds the image as it was."""
-
-    def __init__(self, result: VQGANCLIPResult) -> None:
-        super().__init__("interrupted")
-        self.result = result
 
 
 class _RNG:
@@ -146,7 +141,7 @@ class VQGANCLIP:
     def __init__(self, model: Any = "ViT-B/32", vqgan: Any = DEFAULT_VQGAN, *, config: Any = None,
                  checkpoint: Any = None, device: str | torch.device | None = None,
                  settings: VQGANCLIPConfig | None = None) -> None:
-        from clipag.model import normalization_of
+        from clipag.model import image_normalization
 
         from .registry import VQGANS, unknown_vqgan_error
 
@@ -162,9 +157,7 @@ class VQGANCLIP:
 
             self.perceptor, preprocess = load(str(model), device=self.device, precision="fp32")
         self.perceptor.eval().requires_grad_(False)
-        mean, std = normalization_of(preprocess)
-        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self._mean, self._std = image_normalization(preprocess, self.device)
         self.vqgan = _load_vqgan(vqgan, config, checkpoint, self.device)
         self.cut_size = int(self.perceptor.visual.input_resolution)
         self.factor = 2 ** (self.vqgan.decoder.num_resolutions - 1)
@@ -179,9 +172,7 @@ class VQGANCLIP:
         return autocast_for(self.settings.amp, self.device)
 
     def _mode(self) -> contextlib.AbstractContextManager:
-        fast = self.settings.fast
-        return input_grad_mode(self.perceptor, freeze=True, lean_blocks=fast, class_token_only=fast,
-                               patch_matmul=None if fast else False)
+        return optimizer_mode(self.perceptor, self.settings.fast)
 
     def encode_views(self, views: torch.Tensor) -> torch.Tensor:
         """CLIP features (float32) of views in [0, 1] at CLIP's input size, normalized as its preprocess does."""
@@ -224,7 +215,7 @@ class Session:
     """The state of one VQGAN+CLIP run: the latent, its optimizer, the prompts, the losses and frames."""
 
     def __init__(self, gen: VQGANCLIP, prompts: str | Sequence[str], seed: int) -> None:
-        from clipag.tokenizer import tokenize
+        from clipag.tokenizer import tokenize_for
 
         self.gen, self.seed, cfg = gen, seed, gen.settings
         device, f = gen.device, gen.factor
@@ -236,14 +227,8 @@ class Session:
         self.label = " | ".join(text for text, _, _ in self.prompts) or "image prompts"
         self.targets: list[Prompt] = []
         with torch.no_grad():
-            context = int(getattr(gen.perceptor, "context_length", 77) or 77)
             for text, weight, stop in self.prompts:
-                try:
-                    tokens = tokenize(text, context_length=context)
-                except RuntimeError:
-                    warnings.warn(f"prompt {text[:40]!r}... is longer than CLIP's {context} tokens; the end is cut "
-                                  "off", stacklevel=3)
-                    tokens = tokenize(text, context_length=context, truncate=True)
+                tokens = tokenize_for(gen.perceptor, text, f"prompt {text[:40]!r}...", stacklevel=3)
                 embed = gen.perceptor.encode_text(tokens.to(device)).float()
                 self.targets.append(Prompt(embed, weight, stop).to(device))
         self._rng = _RNG(seed, device)
