@@ -26,7 +26,7 @@ from PIL import Image
 from clipag.demo.judge import NONE, train_judge
 from clipag.demo.pipeline import DemoConfig
 from clipag.demo.shapes import CLASSES, SHAPES, class_prompt
-from clipag.images import labelled_grid, save_png
+from clipag.images import labelled_grid, save_png, to_pil
 
 
 def judged(judge, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -61,13 +61,9 @@ def main() -> None:
         drawer = Drawer(args.demo / name / "export", device="cpu", config=config)
         images[name] = [drawer.run(prompt, seed=seed).image for prompt in prompts for seed in range(args.seeds)]
         print(f"{name}: {len(images[name])} drawings, {time.perf_counter() - t0:.0f} s so far", flush=True)
-    starts = Drawer(args.demo / "robust" / "export", device="cpu", config=config)
-    images["start"] = []
-    for _ in prompts:
-        for seed in range(args.seeds):
-            s = initial_strokes(config, seed)
-            with torch.no_grad():
-                images["start"].append(TF.to_pil_image(starts.render(s)[0].clamp(0, 1)))
+    with torch.no_grad():  # the start strokes depend on the seed only; any drawer renders them
+        per_seed = [to_pil(drawer.render(initial_strokes(config, seed))) for seed in range(args.seeds)]
+    images["start"] = per_seed * len(prompts)
     scores = {name: judged(judge, torch.stack([TF.to_tensor(im) for im in ims]), labels)
               for name, ims in images.items()}
     print(json.dumps({"steps": args.steps, "seeds": args.seeds, "strokes": args.strokes, "size": args.size,

@@ -150,12 +150,15 @@ def main() -> None:
 
         from clipag.adapters.clipstyler.styler import StyleConfig, Styler
 
+        from clipag.loader import load
+
         config = StyleConfig(size=(args.size, args.size), crops=args.crops, crop_size=args.crop_size)
-        sessions = {"clipag": Styler(str(clip_dir), device="cpu", config=config, progress=False)}
+        clip_model, preprocess = load(str(clip_dir), device="cpu", precision="fp32")  # shared by both stylers
+        sessions = {"clipag": Styler(clip_model, preprocess=preprocess, config=config, progress=False)}
         if args.bf16:
             bf16 = dataclasses.replace(config, amp="bf16")
-            sessions["clipag bf16"] = Styler(str(clip_dir), device="cpu", config=bf16, vgg=sessions["clipag"].vgg,
-                                             progress=False)
+            sessions["clipag bf16"] = Styler(clip_model, preprocess=preprocess, config=bf16,
+                                             vgg=sessions["clipag"].vgg, progress=False)
         sessions = {name: styler.session(content, "an oil painting", seed=0) for name, styler in sessions.items()}
         for session in sessions.values():
             session.step()  # warm-up

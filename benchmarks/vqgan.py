@@ -136,8 +136,13 @@ def main() -> None:
         common = dict(steps=args.steps, size=tuple(args.size), cutn=args.cutn, init_image=str(init))
         variants = [("clipag", True, "auto"), ("clipag exact (fast=False)", False, "auto")]
         variants += [("clipag --amp bf16", True, "bf16")] if args.bf16 else []
-        gens = {name: VQGANCLIP(str(clip), config=config, checkpoint=ckpt, device="cpu",
-                                settings=VQGANCLIPConfig(**common, fast=fast, amp=amp))
+        from clipag.adapters.vqgan_clip.vqgan import load_vqgan
+
+        from clipag.loader import load
+
+        perceptor = load(str(clip), device="cpu", precision="fp32")  # loaded once, shared by every variant
+        vqgan = load_vqgan(config, ckpt, torch.device("cpu"))
+        gens = {name: VQGANCLIP(perceptor, vqgan, device="cpu", settings=VQGANCLIPConfig(**common, fast=fast, amp=amp))
                 for name, fast, amp in variants}
         times: dict[str, list[float]] = {"upstream generate.py": [], **{name: [] for name in gens}}
         diffs = []

@@ -24,8 +24,13 @@ def compare(models: list[str], prompts: list[str], seeds: list[int], settings: V
     """``cells[prompt][model * seeds]`` images, and the final loss of each run."""
     cells: list[list] = [[] for _ in prompts]
     losses: dict[str, dict[str, list[float]]] = {}
+    shared_vqgan = None  # loaded with the first CLIP, then handed to the others (a checkpoint can be ~1 GB)
     for model in models:
-        gen = VQGANCLIP(model, vqgan, config=config, checkpoint=checkpoint, device=device, settings=settings)
+        if shared_vqgan is None:
+            gen = VQGANCLIP(model, vqgan, config=config, checkpoint=checkpoint, device=device, settings=settings)
+            shared_vqgan = gen.vqgan
+        else:
+            gen = VQGANCLIP(model, shared_vqgan, device=device, settings=settings)
         for row, prompt in enumerate(prompts):
             for seed in seeds:
                 result = gen.run(prompt, seed=seed)
