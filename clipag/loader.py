@@ -40,7 +40,7 @@ def load(name: str, device: str | torch.device = "cuda" if torch.cuda.is_availab
     device = torch.device(device)
     resolved = resolve(name, download_root=download_root, quick_gelu=quick_gelu)
     model = build_model(resolved.config, precision=precision or _default_precision(device), initialize=False)
-    load_weights(model, resolved.state_dict, resolved.source)
+    load_weights(model, resolved.state_dict, resolved.source, assign=True)  # the weights are held once
     model.to(device)
     attach_preprocess(model, resolved.preprocess)  # generation and adapters read mean/std from the model
     return model, make_preprocess(model.visual.input_resolution, resolved.preprocess)

@@ -122,8 +122,15 @@ def build_model(config: dict[str, Any], precision: str = "fp32", device: str | t
     return model.eval()
 
 
-def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Strictly load ``state_dict`` into ``model``; a mismatch names the file and the first bad keys."""
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                 assign: bool = False) -> None:
+    """Strictly load ``state_dict`` into ``model``; a mismatch names the file and the first bad keys.
+
+    ``assign=True`` makes the model take ``state_dict``'s tensors (cast to the model's dtypes where they differ)
+    instead of copying them into its own: loading then holds the weights once, not twice. The model's own
+    uninitialised tensors (``build_model(initialize=False)``) were never written, so they were never resident.
+    The caller must not reuse ``state_dict`` afterwards, since the model now owns its tensors.
+    """
     state_dict = dict(state_dict)
     scale = state_dict.get("logit_scale")
     if scale is not None and scale.shape != model.logit_scale.shape:
@@ -137,7 +144,9 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
                             for label, keys in (("missing", missing), ("unexpected", unexpected),
                                                 ("wrong shape", wrong_shape)) if keys)
         raise WeightsMismatchError(f"{source}: weights do not fit the architecture ({details})")
-    model.load_state_dict(state_dict, strict=True)
+    if assign:  # assign keeps the state dict's dtype and device; keep the model's (e.g. fp16 weights, fp32 norms)
+        state_dict = {k: v.to(device=expected[k].device, dtype=expected[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def make_preprocess(image_size: int, preprocess_cfg: dict[str, Any] | None = None) -> Any:
