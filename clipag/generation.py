@@ -30,6 +30,8 @@ from .model import image_normalization
 from .precision import autocast_for, check_amp
 from .prior import Prior, default_prior_path, upsample
 from .progress import Interrupted, run_steps
+from .scale.memory import ViewBudget
+from .scale.views import ViewBatcher, ViewPart
 from .speed import optimizer_mode
 
 __all__ = ["GenerateConfig", "GenerationResult", "GenerationInterrupted", "Generator", "Session", "Step",
@@ -40,8 +42,12 @@ INITS = ("auto", "noise", "gray", "dark")
 
 
 @dataclass
-class GenerateConfig(A.AugmentParams):
-    """Every knob of the notebook, with its values as defaults (``patch_fraction`` = its 128 of 224 px)."""
+class GenerateConfig(A.AugmentParams, ViewBudget):
+    """Every knob of the notebook, with its values as defaults (``patch_fraction`` = its 128 of 224 px).
+
+    ``max_views_per_batch`` and ``memory`` (:class:`~clipag.scale.memory.ViewBudget`) split the views into
+    encoder calls that fit; the gradient is the same.
+    """
 
     steps: int = 100
     lr: float = 0.0175
@@ -77,6 +83,7 @@ class GenerateConfig(A.AugmentParams):
         if not 0 <= self.threshold < 1 or not 0 <= self.rejection < 1:
             raise ValueError("threshold and rejection are quantiles in [0, 1)")
         check_amp(self.amp)
+        self.validate_budget()
         self.augmenter()  # validates the policy
         if self.init not in INITS and not Path(self.init).is_file():
             raise ValueError(f"init must be one of {INITS} or an image file, got {self.init!r}")
@@ -163,6 +170,11 @@ class Generator:
         self._encode_image = _compiled(self.model.encode_image, self.device) if self.config.compile \
             else self.model.encode_image
         self._mean, self._std = image_normalization(self.model, self.device)  # the model's own preprocess
+        self.batcher = ViewBatcher(self._encode, self.config, self.device, self.model)
+
+    def with_config(self, config: GenerateConfig) -> Generator:
+        """The same model and prior under another config (the prompt-file runner's per-item settings)."""
+        return Generator(self.model, device=self.device, prior=self.prior, config=config)
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -218,9 +230,9 @@ class Generator:
             tensor = TF.to_tensor(TF.center_crop(TF.resize(image.convert("RGB"), size), [size, size]))
         return tensor.unsqueeze(0)
 
-    def losses(self, x: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None,
-               augment: A.DiffAugment) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(total, global, patch)`` losses of canvas ``x`` (1, 3, S, S); one encoder call for all views."""
+    def views(self, x: torch.Tensor, generator: torch.Generator | None, augment: A.DiffAugment) -> torch.Tensor:
+        """The step's views of canvas ``x`` (1, 3, S, S): ``global_views`` noisy augmented copies, then
+        ``patch_views`` augmented patch crops, all at the model's resolution and in this order."""
         cfg, r = self.config, self.resolution
         g, p = cfg.global_views, cfg.patch_views
         views = []
@@ -231,7 +243,13 @@ class Generator:
             crop = max(1, round(cfg.patch_fraction * x.shape[-1]))
             shared = A.add_noise(x, cfg.noise, shared=True, generator=generator).expand(p, -1, -1, -1)
             views.append(augment(A.random_crops(shared, crop, r, generator).clamp(0, 1), generator))
-        distance = 1 - (self._encode(torch.cat(views)) @ text.T).squeeze(1)
+        return views[0] if len(views) == 1 else torch.cat(views)
+
+    def losses_of(self, features: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(total, global, patch)`` losses from the features of all of a step's views (see :meth:`views`)."""
+        cfg = self.config
+        g, p = cfg.global_views, cfg.patch_views
+        distance = 1 - (features @ text.T).squeeze(1)
         zero = distance.new_zeros(())
         global_loss = distance[:g].mean() if g else zero
         patch = distance[g:]
@@ -239,6 +257,19 @@ class Generator:
             patch = torch.where(patch < torch.quantile(patch.detach(), cfg.rejection), 0.0, patch)
         patch_loss = patch.mean() if p else zero
         return cfg.global_weight * global_loss + cfg.patch_weight * patch_loss, global_loss, patch_loss
+
+    def losses(self, x: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None,
+               augment: A.DiffAugment) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(total, global, patch)`` losses of canvas ``x`` (1, 3, S, S); one encoder call for all views."""
+        return self.losses_of(self._encode(self.views(x, generator, augment)), text)
+
+    def step_many(self, sessions: list[Session]) -> list[Step]:
+        """One step of several sessions of this generator, their views sharing encoder calls (``--batch K``).
+        Each canvas keeps its own optimizer, clipping, thresholding and random stream."""
+        with self._mode():
+            parts = [session.prepare() for session in sessions]
+            features = self.batcher.backward(parts)
+        return [session.finish(f) for session, f in zip(sessions, features, strict=True)]
 
     # -- the loop -------------------------------------------------------------------------------------------
     def session(self, prompt: str, seed: int = 0) -> Session:
@@ -275,6 +306,7 @@ class Session:
         device = generator.device
         self._gen = cpu_gen if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
         self._augment = cfg.augmenter()
+        self._quantile: torch.Tensor | None = None
         self.best: torch.Tensor | None = None
         self.best_loss, self.best_step = math.inf, -1
         self.losses: list[dict[str, float]] = []
@@ -285,18 +317,48 @@ class Session:
         self.optimizer = torch.optim.AdamW([self.x], lr=cfg.lr, weight_decay=cfg.weight_decay)
         self._t0 = time.perf_counter()
 
-    def step(self) -> Step:
-        """One optimization step; returns its losses (measured on the canvas before the update)."""
-        cfg, x, n = self.config, self.x, len(self.losses)
+    def prepare(self) -> ViewPart:
+        """The first half of a step: this canvas's views and how they score (the encoder runs in between)."""
+        cfg = self.config
         if cfg.compile:  # CUDA graphs may now reuse the last step's buffers
             torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
-        with self.generator._mode():
-            loss, global_loss, patch_loss = self.generator.losses(x, self.text, self._gen, self._augment)
-            loss.backward()
+        self._quantile = None
+        views = self.generator.views(self.x, self._gen, self._augment)
+        needs_all = cfg.patch_views and cfg.rejection > 0
+        return ViewPart(views, self._partial_loss, prepass=self._prepass if needs_all else None)
+
+    def _prepass(self, features: torch.Tensor) -> None:
+        """The rejection quantile needs every patch's distance before any micro-batch's gradient."""
+        g = self.config.global_views
+        self._quantile = torch.quantile(1 - (features[g:] @ self.text.T).squeeze(1), self.config.rejection)
+
+    def _partial_loss(self, features: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The contribution of views ``start:stop`` to :meth:`Generator.losses_of`'s total (its means as sums)."""
+        cfg = self.config
+        g, p = cfg.global_views, cfg.patch_views
+        distance = 1 - (features @ self.text.T).squeeze(1)
+        loss = distance.new_zeros(())
+        if start < g:
+            loss = loss + cfg.global_weight * (distance[:g - start].sum() / g)
+        if stop > g:
+            patch = distance[max(g - start, 0):]
+            if cfg.rejection > 0:
+                if self._quantile is None:  # one encoder call: every patch is here
+                    assert start <= g and stop == g + p, "rejection with several micro-batches needs the prepass"
+                    self._quantile = torch.quantile(patch.detach(), cfg.rejection)
+                patch = torch.where(patch < self._quantile, 0.0, patch)
+            loss = loss + cfg.patch_weight * (patch.sum() / p)
+        return loss
+
+    def finish(self, features: torch.Tensor) -> Step:
+        """The second half of a step, once the canvas has its gradient: clip, keep the best, update, threshold."""
+        cfg, x, n = self.config, self.x, len(self.losses)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([x], cfg.grad_clip)
-        total, glob, patch = torch.stack([loss, global_loss, patch_loss]).detach().tolist()
+        with torch.no_grad():
+            losses = self.generator.losses_of(features, self.text)
+        total, glob, patch = torch.stack(losses).tolist()
         tracked = glob if cfg.global_views else total
         if tracked < self.best_loss:  # keep the canvas these losses were measured on
             self.best, self.best_loss, self.best_step = x.detach().clone(), tracked, n
@@ -307,6 +369,10 @@ class Session:
         if cfg.frame_every and (n % cfg.frame_every == 0 or n == cfg.steps - 1):
             self.frames.append(to_pil(x))
         return Step(n, total, glob, patch, self.best_loss, x.detach())
+
+    def step(self) -> Step:
+        """One optimization step; returns its losses (measured on the canvas before the update)."""
+        return self.generator.step_many([self])[0]
 
     def result(self, interrupted: bool = False) -> GenerationResult:
         best = self.best if self.best is not None else self.x.detach().clone()
