@@ -34,6 +34,8 @@ from clipag.augment import resize_to
 from clipag.images import to_pil
 from clipag.loader import input_resolution, resolve_model
 from clipag.progress import Interrupted, run_steps
+from clipag.scale.memory import ViewBudget
+from clipag.scale.views import ViewBatcher, ViewPart
 from clipag.speed import optimizer_mode
 
 from .geometry import STROKE, build_structure
@@ -47,8 +49,9 @@ NEGATIVE_PROMPTS = ("A badly drawn sketch.", "Many ugly, messy drawings.")
 
 
 @dataclass
-class DrawConfig:
-    """Upstream's knobs with upstream's values."""
+class DrawConfig(ViewBudget):
+    """Upstream's knobs with upstream's values (and :class:`~clipag.scale.memory.ViewBudget`'s two, which split
+    the views into encoder calls without changing the maths)."""
 
     strokes: int = 256
     steps: int = 1000
@@ -83,6 +86,7 @@ class DrawConfig:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+        self.validate_budget()
 
 
 @dataclass
@@ -178,6 +182,7 @@ class Drawer:
         cfg.validate()
         self.model, loaded_preprocess, self.device = resolve_model(model, device)
         preprocess = loaded_preprocess if loaded_preprocess is not None else preprocess
+        self.preprocess = preprocess
         self.resolution = input_resolution(self.model)
         self._mean = self._std = None
         if cfg.normalize:
@@ -190,6 +195,11 @@ class Drawer:
         self._crop = K.RandomResizedCrop((cfg.size, cfg.size), scale=cfg.crop_scale)
         self._structure = None
         self._white = torch.ones(cfg.size, cfg.size, 4, device=self.device)
+        self.batcher = ViewBatcher(self.encode, cfg, self.device, self.model)
+
+    def with_config(self, config: DrawConfig) -> Drawer:
+        """The same model under another config (the prompt-file runner's per-item settings)."""
+        return Drawer(self.model, device=self.device, config=config, preprocess=self.preprocess)
 
     def _text(self, prompts: list[str]) -> torch.Tensor:
         from clipag.tokenizer import tokenize_for
@@ -221,12 +231,27 @@ class Drawer:
             batch = (batch - self._mean) / self._std
         return batch
 
-    def loss(self, image: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor | None, seed: int) -> torch.Tensor:
-        features = F.normalize(self.model.encode_image(self.views(image, seed)).float(), dim=-1)
+    def encode(self, views: torch.Tensor) -> torch.Tensor:
+        """Unit-norm float32 features of (already normalised, if configured) views."""
+        return F.normalize(self.model.encode_image(views).float(), dim=-1)
+
+    def loss_of(self, features: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
+        """Upstream's loss of these views' features: ``-Σ cos(text, view) (+ w Σ cos(negative, view))``; a sum over
+        views, so any split of the views adds up to the whole."""
         loss = -(features @ text.T).sum()
         if negatives is not None:
             loss = loss + self.config.negative_weight * (features @ negatives.T).sum()
         return loss
+
+    def loss(self, image: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor | None, seed: int) -> torch.Tensor:
+        return self.loss_of(self.encode(self.views(image, seed)), text, negatives)
+
+    def step_many(self, sessions: list[DrawSession]) -> list[DrawStep]:
+        """One step of several drawings of this drawer, their views sharing encoder calls (``--batch K``)."""
+        with self._mode():
+            parts = [session.prepare() for session in sessions]
+            features = self.batcher.backward(parts)
+        return [session.finish(f) for session, f in zip(sessions, features, strict=True)]
 
     def _mode(self) -> contextlib.AbstractContextManager:
         return optimizer_mode(self.model, self.config.fast)
@@ -275,16 +300,21 @@ class DrawSession:
         self.frames: list[Image.Image] = []
         self.t0 = time.perf_counter()
 
-    def step(self) -> DrawStep:
-        drawer, cfg, strokes, t = self.drawer, self.drawer.config, self.strokes, len(self.losses)
+    def prepare(self) -> ViewPart:
+        """The first half of a step: render, and this step's augmented views (the encoder runs in between)."""
+        drawer, t = self.drawer, len(self.losses)
         if t in self.switches:
             self.optimizer.param_groups[0]["lr"] = self.switches[t]
         self.optimizer.zero_grad(set_to_none=True)
-        with drawer._mode():
-            image = drawer.render(strokes)
-            loss = drawer.loss(image, self.text, self.negatives, self.seed * 1_000_003 + t)
-            loss.backward()
-        value = float(loss.detach())
+        self._image = drawer.render(self.strokes)
+        views = drawer.views(self._image, self.seed * 1_000_003 + t)
+        return ViewPart(views, lambda features, start, stop: drawer.loss_of(features, self.text, self.negatives))
+
+    def finish(self, features: torch.Tensor) -> DrawStep:
+        """The second half: keep the best, update, clamp widths and colours."""
+        cfg, strokes, t = self.drawer.config, self.strokes, len(self.losses)
+        with torch.no_grad():
+            value = float(self.drawer.loss_of(features, self.text, self.negatives))
         if value < self.best_loss:  # keep the drawing this loss was measured on
             self.best, self.best_loss, self.best_step = strokes.detached(), value, t
         self.optimizer.step()
@@ -293,8 +323,12 @@ class DrawSession:
             strokes.colors.clamp_(0.0, 1.0)
         self.losses.append(value)
         if cfg.frame_every and (t % cfg.frame_every == 0 or t == cfg.steps - 1):
-            self.frames.append(to_pil(image.detach()))
+            self.frames.append(to_pil(self._image.detach()))
+        self._image = None
         return DrawStep(t, value, self.best_loss)
+
+    def step(self) -> DrawStep:
+        return self.drawer.step_many([self])[0]
 
     def result(self, interrupted: bool = False) -> Drawing:
         """Ctrl-C keeps the best drawing so far (the last step may be half done); a finished run keeps cfg.keep."""

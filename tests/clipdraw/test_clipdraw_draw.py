@@ -136,7 +136,7 @@ def test_cli_draws_svg_png_gif_and_a_comparison_grid(model_dir, tmp_path, capsys
 
 def test_cli_ctrl_c_writes_the_drawing_and_exits_130(model_dir, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = Drawer.loss
+    original = Drawer.views  # once per step
 
     def interrupted(self, *args, **kwargs):
         calls["n"] += 1
@@ -144,7 +144,7 @@ def test_cli_ctrl_c_writes_the_drawing_and_exits_130(model_dir, tmp_path, monkey
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Drawer, "loss", interrupted)
+    monkeypatch.setattr(Drawer, "views", interrupted)
     with one_thread():
         status = main(["draw", "a fish", "--model", str(model_dir), "--steps", "50", "--strokes", "12", "--size", "64",
                        "--device", "cpu", "-o", str(tmp_path / "fish.svg"), "-q"])
