@@ -28,6 +28,8 @@ from torch import nn
 from clipag.images import to_pil
 from clipag.precision import autocast_for, check_amp
 from clipag.progress import Interrupted, run_steps
+from clipag.scale.memory import ViewBudget
+from clipag.scale.views import ViewBatcher, ViewPart
 from clipag.speed import optimizer_mode
 
 from .cutouts import DEFAULT_AUGMENTS, Cutouts
@@ -40,8 +42,9 @@ DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 
 
 @dataclass
-class VQGANCLIPConfig:
-    """VQGAN-CLIP's knobs with its defaults (its ``-s`` default is 256 without a GPU, 512 with one)."""
+class VQGANCLIPConfig(ViewBudget):
+    """VQGAN-CLIP's knobs with its defaults (its ``-s`` default is 256 without a GPU, 512 with one), and
+    :class:`~clipag.scale.memory.ViewBudget`'s two, which split the cutouts into encoder calls (same maths)."""
 
     steps: int = 500
     size: tuple[int, int] = (256, 256)  # width, height; rounded down to a multiple of the VQGAN's factor
@@ -62,6 +65,7 @@ class VQGANCLIPConfig:
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size is (width, height) in pixels, got {self.size!r}")
         check_amp(self.amp)
+        self.validate_budget()
         if self.init_image is not None and not Path(self.init_image).is_file():
             raise ValueError(f"init image {self.init_image} not found")
         for item in self.image_prompts:
@@ -167,6 +171,12 @@ class VQGANCLIP:
         self.z_max = codebook.max(dim=0).values[None, :, None, None]
         self.cutouts = Cutouts(self.cut_size, self.settings.cutn, self.settings.augments, self.settings.noise_fac,
                                fast_hue=self.settings.fast)
+        self.batcher = ViewBatcher(self.encode_views, self.settings, self.device, self.perceptor)
+        self._preprocess = preprocess
+
+    def with_config(self, settings: VQGANCLIPConfig) -> VQGANCLIP:
+        """The same CLIP and VQGAN under other settings (the prompt-file runner's per-item settings)."""
+        return VQGANCLIP((self.perceptor, self._preprocess), self.vqgan, device=self.device, settings=settings)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast_for(self.settings.amp, self.device)
@@ -186,6 +196,14 @@ class VQGANCLIP:
 
     def session(self, prompts: str | Sequence[str], seed: int = 0) -> Session:
         return Session(self, prompts, seed)
+
+    def step_many(self, sessions: list[Session]) -> list[VQStep]:
+        """One step of several images of this generator, their cutouts sharing CLIP calls (``--batch K``); each
+        keeps its own latent, optimizer and random stream."""
+        with self._mode():
+            parts = [session.prepare() for session in sessions]
+            features = self.batcher.backward(parts)
+        return [session.finish(f) for session, f in zip(sessions, features, strict=True)]
 
     def run(self, prompts: str | Sequence[str], *, seed: int = 0, progress: bool = False,
             callback: Callable[[VQStep], bool | None] | None = None) -> VQGANCLIPResult:
@@ -252,30 +270,41 @@ class Session:
         self.frames: list[Image.Image] = []
         self._t0 = time.perf_counter()
 
-    def loss_terms(self, n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The step's loss terms on the current latent (VQGAN-CLIP's ``ascend_txt``), and its image."""
-        gen, cfg = self.gen, self.gen.settings
-        image = gen.synth(self.z)
-        features = gen.encode_views(gen.cutouts(image))
-        terms = [self.z.pow(2).mean() * (cfg.init_weight / (2 * n + 1)) / 2] if cfg.init_weight else []
-        return terms + [target(features) for target in self.targets], image
+    def _init_term(self, n: int) -> list[torch.Tensor]:
+        weight = self.gen.settings.init_weight
+        return [self.z.pow(2).mean() * (weight / (2 * n + 1)) / 2] if weight else []
+
+    def prepare(self) -> ViewPart:
+        """The first half of a step: decode the latent and cut this step's cutouts (from this run's random stream)."""
+        n, every, gen = len(self.losses), self.gen.settings.frame_every, self.gen
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._rng.active():
+            image = gen.synth(self.z)
+            views = gen.cutouts(image)
+        if every and n % every == 0:
+            self.frames.append(to_pil(image.detach()))
+        init = self._init_term(n)
+        self._init_values = [t.detach() for t in init]
+        cutn = views.shape[0]
+
+        def loss(features: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+            return sum(target.partial(features, cutn) for target in self.targets)
+
+        return ViewPart(views, loss, extra=init[0] if init else None)
+
+    def finish(self, features: torch.Tensor) -> VQStep:
+        """The second half: Adam on the latent, then clamp it to the codebook's range."""
+        self.optimizer.step()
+        with torch.no_grad():
+            self.z.copy_(self.z.maximum(self.gen.z_min).minimum(self.gen.z_max))
+            terms = [*self._init_values, *(target(features) for target in self.targets)]
+        values = torch.stack(terms).tolist()
+        self.losses.append(math.fsum(values))
+        return VQStep(len(self.losses) - 1, self.losses[-1], values)
 
     def step(self) -> VQStep:
         """One update of the latent; the losses (and a GIF frame) are of the image before it."""
-        n, every = len(self.losses), self.gen.settings.frame_every
-        with self._rng.active(), self.gen._mode():
-            self.optimizer.zero_grad(set_to_none=True)
-            terms, image = self.loss_terms(n)
-            if every and n % every == 0:
-                self.frames.append(to_pil(image.detach()))
-            loss = sum(terms)
-            loss.backward()
-            self.optimizer.step()
-            with torch.no_grad():
-                self.z.copy_(self.z.maximum(self.gen.z_min).minimum(self.gen.z_max))
-        values = torch.stack([t.detach() for t in terms]).tolist()
-        self.losses.append(math.fsum(values))
-        return VQStep(n, self.losses[-1], values)
+        return self.gen.step_many([self])[0]
 
     def image(self) -> Image.Image:
         with torch.no_grad():

@@ -88,6 +88,13 @@ class Prompt(nn.Module):
         dists = spherical_distance(features, self.embed) * self.weight.sign()
         return self.weight.abs() * replace_grad(dists, torch.maximum(dists, self.stop)).mean()
 
+    def partial(self, features: torch.Tensor, cutouts: int) -> torch.Tensor:
+        """The share of :meth:`forward`'s loss over ``cutouts`` cutouts that these cutouts' ``features`` make (the
+        mean written as a sum, so micro-batches of cutouts add up to it)."""
+        dists = spherical_distance(features, self.embed) * self.weight.sign()
+        total = replace_grad(dists, torch.maximum(dists, self.stop)).sum()
+        return self.weight.abs() * (total / (cutouts * self.embed.shape[0]))
+
 
 def split_prompt(prompt: str) -> tuple[str, float, float]:
     """``"text:weight:stop"`` → ``(text, weight, stop)``; weight defaults to 1 and stop to −inf.

@@ -198,6 +198,45 @@ def test_init_image_and_image_prompt(openai_files, tiny_vqgan, tmp_path):
     assert len(step.losses) == 2  # the init-weight term, then the image prompt
 
 
+def _first_update(gen, prompt, seed):
+    session = gen.session(prompt, seed=seed)
+    start = session.z.detach().clone()
+    step = session.step()
+    return session.z.grad.clone(), start, session.z.detach().clone(), step
+
+
+def _close(a, b, tol=1e-5):
+    return float((a - b).norm()) <= tol * float(b.norm())
+
+
+def test_cutouts_in_micro_batches_give_the_one_call_update(openai_files, tiny_vqgan, tmp_path):
+    """Text and image prompts (one embedding row per cutout), a stop threshold and the init-weight term."""
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    knobs = dict(cutn=7, image_prompts=(f"{tmp_path / 'red.png'}:0.5",), init_weight=1.0)
+    one = tiny_generator(openai_files, tiny_vqgan, max_views_per_batch=7, **knobs)
+    micro = tiny_generator(openai_files, tiny_vqgan, max_views_per_batch=3, **knobs)
+    prompt = "a red apple:1|a blue sky:0.5:0.2"
+    grad, start, after, step = _first_update(one, prompt, 1)
+    m_grad, m_start, m_after, m_step = _first_update(micro, prompt, 1)
+    assert one.batcher.calls == 1 and micro.batcher.calls == 3
+    assert torch.equal(start, m_start) and _close(m_grad, grad) and _close(m_after - start, after - start)
+    assert m_step.losses == pytest.approx(step.losses, rel=1e-5)
+
+
+def test_each_image_of_a_batch_gets_its_single_image_update(openai_files, tiny_vqgan):
+    gen = tiny_generator(openai_files, tiny_vqgan, cutn=5, max_views_per_batch=4)
+    single = tiny_generator(openai_files, tiny_vqgan, cutn=5, max_views_per_batch=5)
+    jobs = [("a red apple", 1), ("a blue sky:0.5", 2)]
+    sessions = [gen.session(p, seed=s) for p, s in jobs]
+    starts = [s.z.detach().clone() for s in sessions]
+    gen.step_many(sessions)
+    for (prompt, seed), session, start in zip(jobs, sessions, starts, strict=True):
+        grad, alone_start, after, _ = _first_update(single, prompt, seed)
+        assert torch.equal(start, alone_start)
+        assert _close(session.z.grad, grad) and _close(session.z.detach() - start, after - start)
+    assert gen.batcher.calls == 3
+
+
 def test_cli_writes_png_and_gif(openai_files, tiny_vqgan, tmp_path):
     out, gif = tmp_path / "out.png", tmp_path / "out.gif"
     rc = main(["vqgan", "a red apple|a blue sky:0.5", "--model", str(openai_files["state_dict"]),
