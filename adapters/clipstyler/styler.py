@@ -33,6 +33,8 @@ from clipag import augment as A
 from clipag.images import to_pil
 from clipag.precision import autocast_for, check_amp
 from clipag.progress import Interrupted, run_steps
+from clipag.scale.memory import ViewBudget
+from clipag.scale.views import ViewBatcher, ViewPart
 from clipag.speed import optimizer_mode
 
 from . import losses as L
@@ -44,8 +46,9 @@ __all__ = ["StyleConfig", "StyleStep", "StyleResult", "StyleInterrupted", "Style
 
 
 @dataclass
-class StyleConfig:
-    """Upstream's defaults (``train_CLIPstyler.py`` argument defaults and hard-coded values)."""
+class StyleConfig(ViewBudget):
+    """Upstream's defaults (``train_CLIPstyler.py`` argument defaults and hard-coded values), and
+    :class:`~clipag.scale.memory.ViewBudget`'s two, which split the crops into CLIP calls (same maths)."""
 
     steps: int = 200
     size: tuple[int, int] | None = (512, 512)  # (width, height), multiples of 8; None = the image's own, floored
@@ -78,6 +81,7 @@ class StyleConfig:
         if self.templates is not None and (not self.templates or any("{}" not in t for t in self.templates)):
             raise ValueError(f"every template needs a {{}} for the text, got {self.templates!r}")
         check_amp(self.amp)
+        self.validate_budget()
 
 
 @dataclass
@@ -172,6 +176,12 @@ class Styler:
                                                     self.device)
         self.resolution = input_resolution(self.model)
         self._text_cache: dict[str, torch.Tensor] = {}
+        self.batcher = ViewBatcher(self.encode, self.config, self.device, self.model)
+        self._preprocess = loaded_preprocess if loaded_preprocess is not None else preprocess
+
+    def with_config(self, config: StyleConfig) -> Styler:
+        """The same CLIP and VGG under another config (the prompt-file runner's per-item settings)."""
+        return Styler(self.model, device=self.device, preprocess=self._preprocess, vgg=self.vgg, config=config)
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -213,6 +223,14 @@ class Styler:
     def session(self, content: Any, text: str, seed: int = 0, source: str | None = None) -> StyleSession:
         return StyleSession(self, content, text, seed, source)
 
+    def step_many(self, sessions: list[StyleSession]) -> list[StyleStep]:
+        """One step of several stylings (each its own StyleNet and optimizer), their CLIP views sharing encoder
+        calls (``--batch K``)."""
+        with self.mode():
+            parts = [session.prepare() for session in sessions]
+            features = self.batcher.backward(parts)
+        return [session.finish(f) for session, f in zip(sessions, features, strict=True)]
+
     def run(self, content: Any, text: str, *, seed: int = 0, source: str | None = None, progress: bool = False,
             callback: Callable[[StyleStep], bool | None] | None = None) -> StyleResult:
         """Style ``content`` (path, PIL image or tensor) after ``text``; ``callback`` returning True stops early.
@@ -251,30 +269,59 @@ class StyleSession:
         self.losses: list[dict[str, float]] = []
         self._t0 = time.perf_counter()
 
-    def loss(self, output: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted total and the unweighted terms for StyleNet output ``output``."""
-        s, cfg = self.styler, self.styler.config
-        content = L.content_loss(s.vgg(output), self.content_features)
-        features = s.encode(torch.cat([s.whole_view(output), s.crop_views(output, self._gen)]))
+    def _clip_terms(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unweighted (directional, patch) losses from the features of the whole view (row 0) and the crops."""
+        cfg = self.styler.config
         directional = L.directional_loss(features[:1], self.source_features, self.direction).mean()
-        patch = L.patch_loss(features[1:], self.source_features, self.direction, cfg.threshold)
+        return directional, L.patch_loss(features[1:], self.source_features, self.direction, cfg.threshold)
+
+    def _partial_loss(self, features: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Views ``start:stop``'s share of the CLIP terms (row 0 the whole image, then the crops; the patch mean
+        written as a sum, so micro-batches of crops add up to it)."""
+        cfg = self.styler.config
+        loss = features.new_zeros(())
+        if start == 0:
+            loss = loss + cfg.lambda_dir * L.directional_loss(features[:1], self.source_features, self.direction).mean()
+            features = features[1:]
+        if len(features):
+            crops = L.directional_loss(features, self.source_features, self.direction)
+            kept = torch.where(crops < cfg.threshold, torch.zeros_like(crops), crops)
+            loss = loss + cfg.lambda_patch * (kept.sum() / cfg.crops)
+        return loss
+
+    def prepare(self) -> ViewPart:
+        """The first half of a step: StyleNet's output, its VGG and TV terms, and its CLIP views."""
+        s, cfg = self.styler, self.styler.config
+        self.optimizer.zero_grad(set_to_none=True)
+        output = self.net(self.content)
+        content = L.content_loss(s.vgg(output), self.content_features)
         tv = L.total_variation(output)
+        self._other = {"content": content.detach(), "tv": tv.detach()}
+        views = torch.cat([s.whole_view(output), s.crop_views(output, self._gen)])
+        return ViewPart(views, self._partial_loss, extra=cfg.lambda_content * content + cfg.lambda_tv * tv)
+
+    def _total(self, patch: torch.Tensor, content: torch.Tensor, tv: torch.Tensor,
+               directional: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.styler.config
         total = (cfg.lambda_patch * patch + cfg.lambda_content * content + cfg.lambda_tv * tv
                  + cfg.lambda_dir * directional)
         return total, {"patch": patch, "content": content, "tv": tv, "directional": directional}
 
-    def step(self) -> StyleStep:
-        """One Adam step on the StyleNet."""
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.styler.mode():
-            total, terms = self.loss(self.net(self.content))
-            total.backward()
+    def finish(self, features: torch.Tensor) -> StyleStep:
+        """The second half: one Adam step on the StyleNet and one step of its learning-rate schedule."""
         self.optimizer.step()
         self.scheduler.step()
-        values = torch.stack([total, *terms.values()]).detach().tolist()
+        with torch.no_grad():
+            directional, patch = self._clip_terms(features)
+            total, terms = self._total(patch, self._other["content"], self._other["tv"], directional)
+        values = torch.stack([total, *terms.values()]).tolist()
         record = dict(zip(["loss", *terms], values, strict=True))
         self.losses.append(record)
         return StyleStep(len(self.losses) - 1, record["loss"], {k: record[k] for k in terms})
+
+    def step(self) -> StyleStep:
+        """One Adam step on the StyleNet."""
+        return self.styler.step_many([self])[0]
 
     def output(self) -> torch.Tensor:
         """The network's current output for the content image, ``(1, 3, H, W)`` in (0, 1)."""
