@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .precision import AMP_MODES
+from .scale.cli import add_scale_options
 
 __all__ = ["register_generate", "register_prior"]
 
@@ -50,9 +51,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .generation import GenerateConfig, GenerationInterrupted, Generator
     from .images import make_grid, numbered, save_gif, save_png
+    from .scale.cli import ScaleRun
 
     try:
-        knobs = _parse_set(args.set or [])
+        scale = ScaleRun.from_args(args)
+        knobs = {**_parse_set(args.set or []), **scale.knobs}
         for key, value in (("size", args.size), ("global_views", args.views), ("patch_views", args.patches),
                            ("init", args.init), ("amp", args.amp), ("lr", args.lr)):
             if value is not None:
@@ -60,6 +63,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.compile:
             knobs["compile"] = True
         config = dataclasses.replace(GenerateConfig(), steps=args.steps, **knobs)
+        if not args.prompts and not scale.prompt_file:
+            raise ValueError("give a prompt, e.g. \"a red apple on a table\", or --prompts FILE --out DIR")
         if any(not p.strip() for p in args.prompts):
             raise ValueError("a prompt is empty: describe the image to generate, e.g. \"a red apple on a table\"")
         prior = None if args.no_prior else (args.prior or "auto")
@@ -67,6 +72,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"clipag generate: error: {e}", file=sys.stderr)
         return 2
+    if scale.prompt_file:
+        return scale.run(generator)
     jobs = [(prompt, args.seed + k) for prompt in args.prompts for k in range(args.n)]
     output = Path(args.output or f"{_slug(args.prompts[0])}.png")
     several = len(jobs) > 1
@@ -101,7 +108,7 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="text to image with no generator: optimize pixels through CLIPAG",
                        description="Generate an image from text by optimizing pixels through a robust CLIP "
                                    "(the CLIPAG notebook's algorithm). Any GenerateConfig knob: --set KEY=VALUE.")
-    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one or more prompts (quote each)")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="one or more prompts (quote each), or --prompts FILE")
     p.add_argument("--model", default="ViT-B/32", help="registry name, hf-hub: id, folder or checkpoint file")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -124,6 +131,7 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
                                                           "slower first image, faster steps after it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any GenerateConfig field, repeatable")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_scale_options(p, "generate")
     p.set_defaults(func=cmd_generate)
 
 

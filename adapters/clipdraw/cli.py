@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from clipag.scale.cli import add_scale_options
+
 __all__ = ["register_draw"]
 
 
@@ -13,16 +15,20 @@ def cmd_draw(args: argparse.Namespace) -> int:
     import dataclasses
 
     from clipag.images import labelled_grid, model_label, numbered, save_gif, save_png
+    from clipag.scale.cli import ScaleRun
 
     from .drawer import DrawConfig, Drawer, DrawingInterrupted
 
     try:
+        scale = ScaleRun.from_args(args)
+        if not args.prompts and not scale.prompt_file:
+            raise ValueError("give a prompt, e.g. \"a watercolor painting of a fox\", or --prompts FILE --out DIR")
         if any(not p.strip() for p in args.prompts):
             raise ValueError("a prompt is empty: describe the drawing, e.g. \"a watercolor painting of a fox\"")
         if args.n < 1:
             raise ValueError("-n must be >= 1")
         knobs = {k: v for k, v in (("strokes", args.strokes), ("size", args.size), ("keep", args.keep),
-                                   ("augmentations", args.augmentations)) if v is not None}
+                                   ("augmentations", args.augmentations)) if v is not None} | scale.knobs
         config = dataclasses.replace(DrawConfig(), steps=args.steps, normalize=args.normalize,
                                      negative=args.negative, **knobs)
         drawers = [(args.model, Drawer(args.model, device=args.device, config=config))]
@@ -31,6 +37,8 @@ def cmd_draw(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as e:
         print(f"clipag draw: error: {e}", file=sys.stderr)
         return 2
+    if scale.prompt_file:
+        return scale.run(drawers[0][1])
     output = Path(args.output)
     jobs = [(prompt, args.seed + k) for prompt in args.prompts for k in range(args.n)]
     several = len(jobs) > 1 or len(drawers) > 1
@@ -69,7 +77,7 @@ def register_draw(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("draw", help="CLIPDraw: optimize vector strokes so CLIP(AG) sees the prompt; writes SVG",
                        description="CLIPDraw (kvfrans/clipdraw) with any model clipag.load takes, with a pure-PyTorch "
                                    "rasterizer (no diffvg). Defaults are upstream's: 256 strokes, 1000 steps.")
-    p.add_argument("prompts", nargs="+", metavar="PROMPT")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="one or more prompts, or --prompts FILE")
     p.add_argument("--model", default="ViT-B/32", help="registry name, hf-hub: id or path (default ViT-B/32 = CLIPAG)")
     p.add_argument("--compare", default=None, metavar="MODEL",
                    help="also draw with MODEL from the same seeds and start strokes; writes a labelled grid")
@@ -91,4 +99,5 @@ def register_draw(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", choices=("last", "best"), default=None,
                    help="keep the last drawing (default, as upstream) or the lowest-loss one")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_scale_options(p, "draw")
     p.set_defaults(func=cmd_draw)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from clipag.precision import AMP_MODES
+from clipag.scale.cli import add_scale_options
 
 __all__ = ["register_style"]
 
@@ -16,19 +17,23 @@ def cmd_style(args: argparse.Namespace) -> int:
 
     from clipag.generation_cli import _slug
     from clipag.images import labelled_grid, model_label, numbered, save_png
+    from clipag.scale.cli import ScaleRun
 
     from .styler import StyleConfig, StyleInterrupted, Styler, load_content
 
     try:
-        knobs = {key: value for key, value in (("crops", args.crops), ("crop_size", args.crop_size),
+        scale = ScaleRun.from_args(args)
+        knobs = scale.knobs | {key: value for key, value in (("crops", args.crops), ("crop_size", args.crop_size),
                                                 ("lr", args.lr), ("amp", args.amp)) if value is not None}
         config = dataclasses.replace(StyleConfig(), steps=args.steps, size=tuple(args.size), **knobs,
                                      contrast=None if args.raw else 1.5)
         config.validate()
+        if not args.texts and not scale.prompt_file:
+            raise ValueError('give a style text, e.g. "an oil painting", or --prompts FILE --out DIR')
         if any(not text.strip() for text in args.texts):
             raise ValueError('a style text is empty: describe a style, e.g. "an oil painting with thick brush '
                              'strokes"')
-        content = load_content(args.content, config.size)
+        content = None if scale.prompt_file else load_content(args.content, config.size)
     except ValueError as e:
         print(f"clipag style: error: {e}", file=sys.stderr)
         return 2
@@ -37,6 +42,8 @@ def cmd_style(args: argparse.Namespace) -> int:
     for model in models:  # VGG is loaded once and shared
         stylers.append(Styler(model, device=args.device, config=config, progress=not args.quiet,
                               vgg=stylers[0].vgg if stylers else None))
+    if scale.prompt_file:
+        return scale.run(stylers[0])
     jobs = [(text, m) for text in args.texts for m in range(len(models))]
     output = Path(args.output or f"{Path(args.content).stem}-{_slug(args.texts[0])}.png")
     several = len(jobs) > 1
@@ -74,7 +81,8 @@ def register_style(sub: argparse._SubParsersAction) -> None:
                                    "the content through VGG19 (upstream's defaults: 200 steps, 512x512, 64 crops). "
                                    "VGG19's ImageNet weights come from torchvision's cache ($TORCH_HOME).")
     p.add_argument("content", help="the content image (any format Pillow reads)")
-    p.add_argument("texts", nargs="+", metavar="TEXT", help="style description(s), e.g. \"an oil painting\"")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="style description(s), e.g. \"an oil painting\", or "
+                                                         "--prompts FILE")
     p.add_argument("--model", default="ViT-B/32", help="CLIP: registry name, hf-hub: id, folder or checkpoint file")
     p.add_argument("--compare", default=None, metavar="MODEL",
                    help="also style with MODEL (same seed) and write a labelled side-by-side grid")
@@ -95,4 +103,5 @@ def register_style(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true",
                    help="write StyleNet's output as is (default: contrast x1.5 and stretched, as upstream saves)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_scale_options(p, "style")
     p.set_defaults(func=cmd_style)

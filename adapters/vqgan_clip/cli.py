@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from clipag.precision import AMP_MODES
+from clipag.scale.cli import add_scale_options
 
 __all__ = ["register_vqgan", "cmd_vqgan"]
 
@@ -16,12 +17,18 @@ def cmd_vqgan(args: argparse.Namespace) -> int:
 
     from clipag.generation_cli import _slug
     from clipag.images import save_gif, save_png
+    from clipag.scale.cli import ScaleRun
 
     from .loop import VQGANCLIP, VQGANCLIPConfig, VQGANCLIPInterrupted
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not (args.prompt or "").strip() and not args.image_prompt:
+    try:
+        scale = ScaleRun.from_args(args)
+    except ValueError as e:
+        print(f"clipag vqgan: error: {e}", file=sys.stderr)
+        return 2
+    if not (args.prompt or "").strip() and not args.image_prompt and not scale.prompt_file:
         print("clipag vqgan: error: give a prompt (\"text:weight:stop|...\") or an --image-prompt", file=sys.stderr)
         return 2
     if (args.vqgan_config is None) != (args.vqgan_checkpoint is None):
@@ -31,12 +38,15 @@ def cmd_vqgan(args: argparse.Namespace) -> int:
         settings = VQGANCLIPConfig(steps=args.steps, size=tuple(args.size), lr=args.lr, cutn=args.cutn,
                                    augments=tuple(args.augments), init_image=args.init_image,
                                    init_weight=args.init_weight, image_prompts=tuple(args.image_prompt),
-                                   frame_every=args.frame_every if args.frames else 0, amp=args.amp)
+                                   frame_every=args.frame_every if args.frames else 0, amp=args.amp,
+                                   **scale.knobs)
         gen = VQGANCLIP(args.model, args.vqgan, config=args.vqgan_config, checkpoint=args.vqgan_checkpoint,
                         device=args.device, settings=settings)
     except ValueError as e:
         print(f"clipag vqgan: error: {e}", file=sys.stderr)
         return 2
+    if scale.prompt_file:
+        return scale.run(gen)
     output = Path(args.output or f"{_slug(args.prompt or 'image-prompt', fallback='vqgan')}.png")
     if not args.quiet:
         print(f"{settings.steps} steps, {gen.cut_size}px x {settings.cutn} cutouts, VQGAN f{gen.factor}, "
@@ -85,4 +95,5 @@ def register_vqgan(sub: argparse._SubParsersAction) -> None:
                         "native bf16 is about 1.6x faster, not exact)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_scale_options(p, "vqgan")
     p.set_defaults(func=cmd_vqgan)
