@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from clipag.adapters.clipstyler.styler import StyleConfig
 from PIL import Image
 
-from clipag.adapters.clipstyler.styler import StyleConfig
 from clipag.generation import GenerateConfig
 from clipag.scale.items import ItemError, content_images, read_items
 

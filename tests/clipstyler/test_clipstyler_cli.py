@@ -36,6 +36,23 @@ def test_cli_two_steps_write_a_png(models, photo, torch_home, tmp_path):
         assert png.format == "PNG" and png.size == (64, 48)
 
 
+def test_cli_prompt_file_crosses_content_images_and_texts(models, photo, vgg_cache, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.open(photo).save(folder / "one.png")
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "two.png")
+    texts = tmp_path / "styles.txt"
+    texts.write_text("an oil painting\nfire\n")
+    out = tmp_path / "out"
+    assert main(["style", str(folder), "--prompts", str(texts), "--out", str(out), "--model", str(models["a"]),
+                 "--device", "cpu", "--batch", "2", *QUICK]) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["content"].rsplit("/", 1)[-1]) for r in rows] == [
+        ("an oil painting", "one.png"), ("an oil painting", "two.png"), ("fire", "one.png"), ("fire", "two.png")]
+    assert len({r["content_sha256"] for r in rows}) == 2 and all(r["file"].endswith(".png") for r in rows)
+    assert all(Image.open(out / r["file"]).size == (64, 64) for r in rows)
+
+
 def test_cli_compare_writes_both_and_a_labelled_grid(models, photo, vgg_cache, tmp_path, capsys):
     out = tmp_path / "cmp.png"
     assert main(["style", str(photo), "fire", "--model", str(models["a"]), "--compare", str(models["b"]),
