@@ -2,11 +2,14 @@
 
 Target: 100 steps in under 1 s on an H100 (the notebook reports 14 s on a Colab GPU). Also times the
 straightforward notebook loop on the same GPU and model, bf16 against fp16 autocast, and eager against
-``compile=True`` (torch.compile with CUDA graphs: the eager step is bound by kernel launches).
+``compile=True`` (torch.compile with CUDA graphs: the eager step is bound by kernel launches), and images per
+hour per GPU against ``--batch K`` (K canvases sharing each encoder call, as ``clipag generate --prompts FILE
+--batch K`` runs them), with the peak GPU memory of each K.
 
     python benchmarks/gpu_generate.py                        # random-weight ViT-B-32 (no download)
     python benchmarks/gpu_generate.py --model ViT-B/32       # CLIPAG weights, if cached
     python benchmarks/gpu_generate.py --steps 100 --no-baseline
+    python benchmarks/gpu_generate.py --batch 1 2 4 8 16 --no-baseline --no-compile
 
 Needs a CUDA device; without one it says so and exits with status 2.
 """
@@ -14,6 +17,7 @@ Needs a CUDA device; without one it says so and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -44,6 +48,9 @@ def main() -> int:
     parser.add_argument("--baseline-steps", type=int, default=10)
     parser.add_argument("--no-baseline", action="store_true", help="skip the notebook loop")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile (CUDA graphs) rows")
+    parser.add_argument("--batch", type=int, nargs="*", default=[1, 2, 4, 8],
+                        help="canvases per step (--batch K) for the images/hour rows (none: skip them)")
+    parser.add_argument("--batch-steps", type=int, default=10, help="timed steps per K")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_generate: no CUDA device here; run this on a GPU machine (CPU: benchmarks/generate.py)",
@@ -101,6 +108,9 @@ def main() -> int:
               f"best global loss {result.best_loss:.4f} at step {result.best_step}")
     print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
+    if args.batch:
+        images_per_hour(model, args)
+
     if not args.no_baseline:
         loop = NotebookLoop(model, args.views, args.patches, model.visual.input_resolution)
         cuda_ms(loop.step, 2)
@@ -111,6 +121,34 @@ def main() -> int:
         for label, ms in ms_per_step.items():
             print(f"  {label}: {base / ms:.1f}x the notebook loop")
     return 0
+
+
+def images_per_hour(model: torch.nn.Module, args: argparse.Namespace) -> None:
+    """K canvases per step (each its own optimizer and random stream), bf16: images/hour/GPU at 100 steps an image."""
+    from generate import PROMPT
+
+    from clipag.generation import GenerateConfig, Generator
+
+    print(f"--batch K (bf16 autocast, {args.views}+{args.patches} views per canvas, 100 steps per image):")
+    base = None
+    for k in args.batch:
+        config = GenerateConfig(global_views=args.views, patch_views=args.patches, amp="bf16", frame_every=0)
+        generator = Generator(model, prior=None, config=config)
+        step = functools.partial(generator.step_many, [generator.session(PROMPT, seed=i) for i in range(k)])
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            cuda_ms(step, 3)  # warm-up (the first step also measures what a view costs)
+            ms = statistics.median(cuda_ms(step, args.batch_steps))
+        except torch.cuda.OutOfMemoryError:
+            print(f"  K={k}: out of GPU memory")
+            break
+        per_hour = k * 3600 / (100 * ms / 1e3)
+        base = base or per_hour
+        print(f"  K={k:3d}: {ms:8.2f} ms/step, {per_hour:9.0f} images/hour/GPU ({per_hour / base:.2f}x K=1), "
+              f"{generator.batcher.views_per_call(k * (args.views + args.patches))} views per encoder call, "
+              f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        step = generator = None
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -96,9 +96,9 @@ class ScaleRun:
         if args.prompt_file is None:
             if args.batch > 1 or args.out is not None:
                 raise ValueError("--batch and --out go with --prompts FILE")
-            if launched_distributed():
-                raise ValueError("under torchrun/srun, give --prompts FILE --out DIR: each process then makes its "
-                                 "share of the items (one prompt on every process would make the same image N times)")
+            if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+                raise ValueError("under torchrun, give --prompts FILE --out DIR: each process then makes its share "
+                                 "of the items (one prompt on every process would make the same image N times)")
             return run
         run._check_prompt_mode()
         run.prompt_file, run.out = Path(args.prompt_file), Path(args.out)
