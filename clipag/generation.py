@@ -258,11 +258,6 @@ class Generator:
         patch_loss = patch.mean() if p else zero
         return cfg.global_weight * global_loss + cfg.patch_weight * patch_loss, global_loss, patch_loss
 
-    def losses(self, x: torch.Tensor, text: torch.Tensor, generator: torch.Generator | None,
-               augment: A.DiffAugment) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(total, global, patch)`` losses of canvas ``x`` (1, 3, S, S); one encoder call for all views."""
-        return self.losses_of(self._encode(self.views(x, generator, augment)), text)
-
     def step_many(self, sessions: list[Session]) -> list[Step]:
         """One step of several sessions of this generator, their views sharing encoder calls (``--batch K``).
         Each canvas keeps its own optimizer, clipping, thresholding and random stream."""

@@ -5,10 +5,11 @@ buffers. It depends on the architecture, the view size, the device, autocast and
 so it is *measured* on the first micro-batch of a run (:class:`Meter`), never taken from a table:
 
 * CUDA: the caching allocator's peak (``max_memory_allocated``) during the probe, which is exact;
-* a Linux CPU: the process's resident peak (``VmHWM``, reset through ``/proc/self/clear_refs``) after
-  ``malloc_trim`` has handed freed heap back to the OS, so the peak is not hidden by memory glibc kept;
+* a Linux CPU: the process's resident high-water mark (``VmHWM``) above the resident size at the start, after
+  ``malloc_trim`` has handed freed heap back to the OS, so the peak is not hidden by memory glibc kept (the
+  mark is only read, never reset: a probe below an earlier peak is counted up to that peak, an overestimate);
 * elsewhere: the bytes of the tensors autograd saves for the backward, times 1.5 for the pass's transients
-  (peak/saved measured 1.40-1.41 on this CPU for ViT-B/32 and ViT-L/14 by the Linux method above).
+  (peak/saved measured 1.40-1.41 on a Linux CPU for ViT-B/32 and ViT-L/14).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import ctypes
 import ctypes.util
 import math
 import re
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -103,18 +103,6 @@ def _read_hwm() -> int | None:
     return None
 
 
-def _reset_hwm() -> bool:
-    """Reset the resident high-water mark to the current resident size (Linux >= 4.0)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _read_hwm() is not None
-
-
 class _Probe:
     bytes: int = 0
 
@@ -158,13 +146,15 @@ class Meter:
             torch.cuda.synchronize(self.device)
             probe.bytes = max(0, torch.cuda.max_memory_allocated(self.device) - start)
             return
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and _read_hwm() is not None:
             _malloc_trim()
-            if _reset_hwm():
-                start = resident_bytes()
-                yield probe
-                probe.bytes = max(0, (_read_hwm() or start) - start)
-                return
+            start, before = resident_bytes(), _read_hwm() or 0
+            yield probe
+            after = _read_hwm() or before
+            # A new high-water mark is the probe's own peak. Otherwise the probe stayed below an earlier peak,
+            # which bounds it from above: an overestimate gives smaller micro-batches, never a budget overrun.
+            probe.bytes = max(0, after - start)
+            return
         skip = {t.untyped_storage().data_ptr() for t in existing}
         saved: dict[int, int] = {}
 
