@@ -55,7 +55,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         scale = ScaleRun.from_args(args)
-        knobs = {**_parse_set(args.set or []), **scale.knobs}
+        knobs = _parse_set(args.set or []) | scale.knobs
         for key, value in (("size", args.size), ("global_views", args.views), ("patch_views", args.patches),
                            ("init", args.init), ("amp", args.amp), ("lr", args.lr)):
             if value is not None:

@@ -28,9 +28,9 @@ def cmd_draw(args: argparse.Namespace) -> int:
         if args.n < 1:
             raise ValueError("-n must be >= 1")
         knobs = {k: v for k, v in (("strokes", args.strokes), ("size", args.size), ("keep", args.keep),
-                                   ("augmentations", args.augmentations)) if v is not None} | scale.knobs
+                                   ("augmentations", args.augmentations)) if v is not None}
         config = dataclasses.replace(DrawConfig(), steps=args.steps, normalize=args.normalize,
-                                     negative=args.negative, **knobs)
+                                     negative=args.negative, **knobs, **scale.knobs)
         drawers = [(args.model, Drawer(args.model, device=args.device, config=config))]
         if args.compare:
             drawers.append((args.compare, Drawer(args.compare, device=args.device, config=config)))

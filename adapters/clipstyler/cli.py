@@ -23,10 +23,10 @@ def cmd_style(args: argparse.Namespace) -> int:
 
     try:
         scale = ScaleRun.from_args(args)
-        knobs = scale.knobs | {key: value for key, value in (("crops", args.crops), ("crop_size", args.crop_size),
+        knobs = {key: value for key, value in (("crops", args.crops), ("crop_size", args.crop_size),
                                                 ("lr", args.lr), ("amp", args.amp)) if value is not None}
         config = dataclasses.replace(StyleConfig(), steps=args.steps, size=tuple(args.size), **knobs,
-                                     contrast=None if args.raw else 1.5)
+                                     **scale.knobs, contrast=None if args.raw else 1.5)
         config.validate()
         if not args.texts and not scale.prompt_file:
             raise ValueError('give a style text, e.g. "an oil painting", or --prompts FILE --out DIR')
