@@ -41,14 +41,17 @@ def test_cli_prompt_file_crosses_content_images_and_texts(models, photo, vgg_cac
     folder.mkdir()
     Image.open(photo).save(folder / "one.png")
     Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "two.png")
-    texts = tmp_path / "styles.txt"
-    texts.write_text("an oil painting\nfire\n")
+    texts = tmp_path / "styles.jsonl"
+    texts.write_text('{"text": "an oil painting"}\n{"text": "fire"}\n'
+                     '{"text": "ice", "content": "photos/two.png", "crops": 3, "seed": 4}\n')
     out = tmp_path / "out"
     assert main(["style", str(folder), "--prompts", str(texts), "--out", str(out), "--model", str(models["a"]),
                  "--device", "cpu", "--batch", "2", *QUICK]) == 0
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["content"].rsplit("/", 1)[-1]) for r in rows] == [
-        ("an oil painting", "one.png"), ("an oil painting", "two.png"), ("fire", "one.png"), ("fire", "two.png")]
+        ("an oil painting", "one.png"), ("an oil painting", "two.png"), ("fire", "one.png"), ("fire", "two.png"),
+        ("ice", "two.png")]
+    assert [(r["config"]["crops"], r["seed"], r["batch"]) for r in rows] == [(4, 0, 2)] * 4 + [(3, 4, 1)]
     assert len({r["content_sha256"] for r in rows}) == 2 and all(r["file"].endswith(".png") for r in rows)
     assert all(Image.open(out / r["file"]).size == (64, 64) for r in rows)
 

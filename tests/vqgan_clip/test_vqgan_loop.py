@@ -251,16 +251,19 @@ def test_cli_writes_png_and_gif(openai_files, tiny_vqgan, tmp_path):
 def test_cli_prompt_file_makes_each_prompt_once_and_records_the_vqgan(openai_files, tiny_vqgan, tmp_path):
     import json
 
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a red apple|a blue sky:0.5\na castle\n")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a red apple|a blue sky:0.5"}\n{"prompt": "a castle"}\n'
+                       '{"prompt": "a castle", "cutn": 3, "lr": 0.2}\n')
     argv = ["vqgan", "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--model",
             str(openai_files["state_dict"]), "--vqgan-config", str(tiny_vqgan[0]), "--vqgan-checkpoint",
             str(tiny_vqgan[1]), "-s", "32", "32", "--steps", "2", "--cutn", "4", "--device", "cpu", "-q"]
     assert main([*argv, "--batch", "2"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == ["a red apple|a blue sky:0.5", "a castle"] and rows[0]["batch"] == 2
+    assert [r["prompt"] for r in rows] == ["a red apple|a blue sky:0.5", "a castle", "a castle"]
+    assert [r["batch"] for r in rows] == [2, 2, 1]  # the item with its own settings is batched on its own
     assert all(Image.open(tmp_path / "out" / r["file"]).size == (32, 32) for r in rows)
-    assert all(r["config"]["cutn"] == 4 and len(r["weights_sha256"]) == 64 for r in rows)
+    assert [(r["config"]["cutn"], r["config"]["lr"]) for r in rows] == [(4, 0.1), (4, 0.1), (3, 0.2)]
+    assert all(len(r["weights_sha256"]) == 64 for r in rows)
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["identity"]["vqgan"]["checkpoint"]["name"] == tiny_vqgan[1].name
     assert main(argv) == 0  # resumed: nothing left to make
