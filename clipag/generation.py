@@ -170,7 +170,8 @@ class Generator:
         self._encode_image = _compiled(self.model.encode_image, self.device) if self.config.compile \
             else self.model.encode_image
         self._mean, self._std = image_normalization(self.model, self.device)  # the model's own preprocess
-        self.batcher = ViewBatcher(self._encode, self.config, self.device, self.model)
+        mark = torch.compiler.cudagraph_mark_step_begin if self.config.compile and self.device.type == "cuda" else None
+        self.batcher = ViewBatcher(self._encode, self.config, self.device, self.model, before_call=mark)
 
     def with_config(self, config: GenerateConfig) -> Generator:
         """The same model and prior under another config (the prompt-file runner's per-item settings)."""

@@ -52,12 +52,14 @@ class ViewBatcher:
     """Runs the encoder forward and backward over :class:`ViewPart` s within a :class:`ViewBudget`.
 
     ``encode(views) -> features`` is the optimiser's (normalisation, autocast, float features). ``model``'s
-    tensors are what the fallback meter must not count as new memory.
+    tensors are what the fallback meter must not count as new memory. ``before_call`` runs before each
+    micro-batch's encoder call (CUDA graphs' step marker: each micro-batch is a new replay of the graph).
     """
 
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], budget: ViewBudget, device: torch.device,
-                 model: torch.nn.Module | None = None) -> None:
+                 model: torch.nn.Module | None = None, before_call: Callable[[], None] | None = None) -> None:
         self.encode, self.budget, self.device, self.model = encode, budget, torch.device(device), model
+        self.before_call = before_call
         self.meter = Meter(self.device)
         self.view_bytes: float | None = None  # measured on the first probe
         self._sizes: dict[int, int] = {}  # views in a step -> views per encoder call
@@ -114,6 +116,8 @@ class ViewBatcher:
     def _chunk(self, leaf: torch.Tensor, parts: Sequence[ViewPart], offsets: list[int], sizes: list[int],
                start: int, stop: int) -> torch.Tensor:
         """Encoder forward and backward for views ``start:stop`` of the concatenated views."""
+        if self.before_call is not None:
+            self.before_call()
         features = self.encode(leaf[start:stop])
         self.calls += 1
         loss = features.new_zeros(())
@@ -122,7 +126,7 @@ class ViewBatcher:
             if lo < hi:
                 loss = loss + part.loss(features[lo - start:hi - start], lo - offset, hi - offset)
         loss.backward()
-        return features.detach()
+        return features.detach().clone()  # a copy: a compiled encoder's next replay may reuse its output buffer
 
     def _probe(self, views: torch.Tensor) -> float:
         """Bytes one view adds in an encoder forward and backward, measured on ``views`` (a surrogate loss; the
