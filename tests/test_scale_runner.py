@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from generate_fixtures import one_thread, save_hub_folder
+from generate_fixtures import cli_env, interrupt_once_running, one_thread, save_hub_folder
 from PIL import Image
 
 import clipag
@@ -205,3 +205,15 @@ def test_draw_writes_svg_and_png_per_item(model_dir, tmp_path):
     assert main(["draw", "--prompts", str(prompts), "--out", str(out), "--model", str(model_dir), "--steps", "2",
                  "--strokes", "6", "--size", "32", "--augmentations", "2", "--device", "cpu", "-q"]) == 0
     assert (out / row["also"][0]["file"]).is_file()
+
+
+def test_a_real_ctrl_c_leaves_no_partial_file_and_the_rerun_makes_everything(model_dir, tmp_path):
+    prompts, out = tmp_path / "p.txt", tmp_path / "out"
+    prompts.write_text("one\ntwo\n")
+    argv = ["generate", "--prompts", str(prompts), "--out", str(out), "--model", str(model_dir), "--steps", "300",
+            "--no-prior", "--views", "3", "--patches", "3", "--device", "cpu"]
+    code, _, err = interrupt_once_running(argv, cli_env())  # SIGINT as soon as the bar shows a loss
+    assert code == 130 and "run the same command again" in err, err[-2000:]
+    assert not list(out.glob("*.png")) and not list(out.glob(".*.tmp"))  # the item in progress is dropped
+    assert main([*argv, "-q"]) == 0
+    assert [r["prompt"] for r in records(out)] == ["one", "two"] and len(list(out.glob("*.png"))) == 2

@@ -139,7 +139,7 @@ def _make(job: Job, mine: list[Item], out: Path, model: str, plan: dict[str, Any
             steps = job.steps(worker)
             for t in range(steps):
                 loss = worker.step_many(sessions)[0].loss
-                bar.set_postfix_str(f"step {t + 1}/{steps} loss {loss:.4f}", refresh=False)
+                bar.set_postfix({"step": f"{t + 1}/{steps}", "loss": f"{loss:.4f}"}, refresh=False)
                 bar.update(0)  # redraws at tqdm's pace: the ETA counts items, the postfix shows the step
             for item, session in zip(group, sessions, strict=True):
                 result = session.result()
