@@ -40,7 +40,7 @@ from .model import build_model, load_weights
 from .registry import ModelEntry, get_entry, not_found_error
 
 __all__ = ["ResolvedWeights", "resolve", "fetch_entry", "load_entry", "install_in_hub_cache", "import_checkpoint",
-           "CONFIG_NAME", "WEIGHTS_NAME", "CONFIG_METADATA_KEY"]
+           "read_local_checkpoint", "CONFIG_NAME", "WEIGHTS_NAME", "CONFIG_METADATA_KEY"]
 
 _HUB_WEIGHT_NAMES = (WEIGHTS_NAME, "open_clip_pytorch_model.safetensors",
                      "open_clip_pytorch_model.bin")
@@ -191,7 +191,7 @@ def _read_hub_weights(repo: str, cache_dir: str | None, download_root: str | os.
     return config, checkpoint.state_dict, f"hf-hub:{repo}"
 
 
-def _read_local_file(path: Path, download_root: str | os.PathLike | None) -> Checkpoint:
+def read_local_checkpoint(path: Path, download_root: str | os.PathLike | None) -> Checkpoint:
     """Read a user's checkpoint; a pickled one is converted to safetensors in the cache on first use.
 
     The conversion is keyed by the file's absolute path, size and mtime, so an edited file converts anew.
@@ -256,7 +256,7 @@ def resolve(name: str, download_root: str | os.PathLike | None = None,
         path = weights
     if not path.is_file():
         raise not_found_error(name)
-    checkpoint = _read_local_file(path, download_root)
+    checkpoint = read_local_checkpoint(path, download_root)
     config, preprocess = _config_for_file(path, checkpoint.metadata, checkpoint.format, checkpoint.state_dict,
                                           quick_gelu)
     return ResolvedWeights(config, checkpoint.state_dict, str(path), preprocess)
