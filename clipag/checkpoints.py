@@ -21,13 +21,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .cache import DiskFullError, atomic_path, ensure_space, is_disk_full
 from .unpickling import describe_global, inert_load, read_torchscript_tensors, unsafe_globals, weights_only_globals
 
 __all__ = ["CheckpointError", "Checkpoint", "read_checkpoint", "read_lightning_checkpoint", "save_safetensors",
-           "infer_openai_config", "refusal_message"]
+           "infer_openai_config", "refusal_message", "is_pickled"]
 
 # torch.save's legacy (pre-1.6) format starts by pickling a magic number (protocol 2, LONG1 of 10 bytes).
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8"
+
+# TorchScript archives deflate their source code; nothing legitimate there comes near this.
+_MAX_COMPRESSED_MEMBER = 64 << 20
 
 # Tensors OpenAI's TorchScript archives carry that are not weights (OpenAI's build_model drops them too).
 _NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -54,8 +58,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     with open(path, "rb") as f:
         magic = f.read(16)
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+        names = _check_torch_zip(path)
         if any(n.endswith("/constants.pkl") for n in names):
             return Checkpoint(_strip_non_weights(_read_torchscript(path)), "torchscript")
         return _read_pickle(path, mmap=True)
@@ -63,7 +66,57 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return _read_pickle(path, mmap=False)
     if magic.startswith(b"PK") or path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint (not a valid zip archive)")
+    if len(magic) > 8 and magic[8:9] != b"{":  # a safetensors file starts with its header's length, then JSON
+        raise CheckpointError(f"{path}: not a weights file ({_file_kind(magic)}). clipag reads .safetensors, torch "
+                              "checkpoints (.pt/.pth/.bin) and OpenAI TorchScript archives; see docs/formats.md")
     return _read_safetensors(path)
+
+
+def is_pickled(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a torch pickle (zip or pre-1.6 format), the kind of file clipag converts once."""
+    with open(path, "rb") as f:
+        magic = f.read(16)
+    return magic.startswith(_LEGACY_TORCH_MAGIC) or zipfile.is_zipfile(path)
+
+
+_MAGIC_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"<svg", "an SVG image"),
+                (b"<?xml", "an XML file"), (b"\x93NUMPY", "a numpy array file"), (b"\x89HDF", "an HDF5 file"))
+
+
+def _file_kind(magic: bytes) -> str:
+    for prefix, kind in _MAGIC_KINDS:
+        if magic.startswith(prefix):
+            return f"it is {kind}"
+    if magic[:1] in (b"{", b"["):
+        return "it is JSON text"
+    return "its first bytes match no format clipag reads"
+
+
+def _check_torch_zip(path: Path) -> list[str]:
+    """The archive's member names, after checking that its declared sizes can be true.
+
+    torch stores tensors and pickles uncompressed (only TorchScript's small source files are deflated), so such a
+    member cannot be larger than the file. A compressed tensor or pickle (a 2 MB file can declare 2 GiB) is refused
+    before anything is decompressed or allocated.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({e})") from e
+    size = path.stat().st_size
+    for info in infos:
+        compressed = info.compress_type != zipfile.ZIP_STORED
+        if compressed and ("/data/" in info.filename or info.filename.endswith(".pkl")
+                           or info.file_size > _MAX_COMPRESSED_MEMBER):
+            raise CheckpointError(f"{path}: member {info.filename} is compressed ({info.compress_size:,} bytes that "
+                                  f"claim to expand to {info.file_size:,}); torch stores tensors and pickles "
+                                  "uncompressed, so this is not a torch checkpoint. Nothing was decompressed.")
+        if not compressed and info.file_size > size:
+            raise CheckpointError(f"{path}: member {info.filename} declares {info.file_size:,} bytes, more than the "
+                                  f"whole file ({size:,}): truncated or corrupt")
+    return [info.filename for info in infos]
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
@@ -117,7 +170,10 @@ def _strip_non_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return read_torchscript_tensors(path)
+        state_dict = read_torchscript_tensors(path)
+        if not state_dict:
+            raise ValueError("the archive holds no tensors")
+        return state_dict
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused to read TorchScript archive: {e}. Nothing from it was run.") from e
     except (StopIteration, KeyError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError) as e:
@@ -151,20 +207,23 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], 
 
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
                      metadata: dict[str, Any] | None = None) -> None:
-    """Write ``state_dict`` atomically (temp file + ``os.replace``); non-string metadata is JSON-encoded."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state_dict`` atomically (:func:`clipag.cache.atomic_path`); non-string metadata is JSON-encoded.
+
+    The disk's free space is checked first, and a disk that fills up during the write raises
+    :class:`clipag.cache.DiskFullError` naming ``path`` and the space needed; ``path`` is then left as it was.
+    """
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; weights are meant to be shared like any file
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = Path(path)
+    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + (1 << 20)
+    ensure_space(path, needed)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except (SafetensorError, OSError) as e:
+            if is_disk_full(e):
+                raise DiskFullError(path, needed, None) from e
+            raise
 
 
 def infer_openai_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -128,9 +128,13 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it names {describe_global(f'{module}.{name}')}")
 
     def persistent_load(self, pid: Any) -> torch.Tensor:
-        _, dtype, key, _location, _numel = pid
+        _, dtype, key, _location, numel = pid
         if key not in self.storages:
-            raw = bytearray(self.archive.read(f"{self.prefix}/data/{key}"))
+            name = f"{self.prefix}/data/{key}"
+            declared, needed = self.archive.getinfo(name).file_size, numel * dtype.itemsize
+            if declared != needed:  # checked before reading: a member's size is whatever the archive declares
+                raise ValueError(f"{name} declares {declared:,} bytes, but its tensor storage needs {needed:,}")
+            raw = bytearray(self.archive.read(name))
             self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
         return self.storages[key]
 

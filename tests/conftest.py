@@ -6,6 +6,7 @@ import http.server
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     ignore_range = False
     requests: list[dict] = []
+    seconds_per_mb = 0.0  # > 0 slows responses down, so that concurrent clients overlap
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -93,7 +95,11 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         with open(path, "rb") as f:  # streamed: the real-size replicas are 1.3 GB
             f.seek(start)
-            shutil.copyfileobj(f, self.wfile, 1 << 20)
+            if not self.seconds_per_mb:
+                shutil.copyfileobj(f, self.wfile, 1 << 20)
+            while self.seconds_per_mb and (chunk := f.read(1 << 18)):
+                self.wfile.write(chunk)
+                time.sleep(self.seconds_per_mb / 4)
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_help_lists_every_command_without_importing_torch():
 def test_download_offline_is_actionable(tmp_path):
     result = _run(["download", "ViT-B/32"], tmp_path, CLIPAG_OFFLINE="1")
     assert result.returncode == 1
-    assert "offline mode is on" in result.stderr and "clipag import ViT-B/32 FILE" in result.stderr
+    assert "offline mode is on" in result.stderr and "clipag import ViT-B/32 CLIPAG_ViTB32.pt" in result.stderr
 
 
 def test_import_rejects_wrong_file(tmp_path):

@@ -162,7 +162,8 @@ def test_changed_upstream_file_fails_recorded_hash(tiny_entry, isolated_caches, 
 
 def test_offline_registry_miss_is_actionable(tiny_entry):
     entry = tiny_entry[0]
-    with pytest.raises(OfflineError, match=r"clipag download Tiny/32.*clipag import Tiny/32 FILE"):
+    with pytest.raises(OfflineError,
+                       match=r"clipag download Tiny/32.*clipag import Tiny/32 tiny\.pt.*clipag\.demo --quick"):
         clipag.load(entry.name, device="cpu")
 
 
