@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (RuntimeError, FileNotFoundError, OSError) as e:
+    except (RuntimeError, OSError, ValueError) as e:  # clipag's errors say what happened and what to do
         print(f"clipag: error: {e}", file=sys.stderr)
         return 1
 
