@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 __all__ = ["save", "load", "find_latest", "rng_state", "set_rng_state", "checkpoint_dir", "listing", "run_info",
-           "on_lineage", "truncate", "LEGACY", "remove_stale_temps"]
+           "on_lineage", "truncate", "LEGACY", "remove_stale_temps", "STEP_NAME"]
 
 log = logging.getLogger("clipag.finetune")
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # the project's temp names: .NAME.PID.tmp
+STEP_NAME = r"step_\d+\.pt"  # a checkpoint's file name, as a pattern (for its temp files)
 Lineage = list[list[Any]]  # [[branch id (None: written before run ids existed), from step, to step or None]]
 LEGACY: Lineage = [[None, 0, None]]  # the history of checkpoints that carry no run id
 
@@ -52,10 +52,20 @@ def truncate(lineage: Lineage, step: int) -> Lineage:
 
 
 def run_info(path: str | os.PathLike) -> tuple[int, str | None, Lineage]:
-    """``(step, branch id, lineage)`` of a checkpoint, read without loading its tensors (memory-mapped)."""
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    run = state.get("run") or {"id": None, "lineage": LEGACY}
-    return int(state["step"]), run["id"], [list(segment) for segment in run["lineage"]]
+    """``(step, branch id, lineage)`` of a checkpoint, read without loading its tensors (memory-mapped), and
+    remembered while the file is unchanged (rotation asks at every save)."""
+    stat = os.stat(path)
+    key = (os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _INFO:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        run = state.get("run") or {"id": None, "lineage": LEGACY}
+        _INFO[key] = int(state["step"]), run["id"], [list(segment) for segment in run["lineage"]]
+        del state
+    step, branch, lineage = _INFO[key]
+    return step, branch, [list(segment) for segment in lineage]
+
+
+_INFO: dict[tuple[str, int, int, int], tuple[int, str | None, Lineage]] = {}
 
 
 def listing(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -76,8 +86,9 @@ def save(state: dict[str, Any], output_dir: str | os.PathLike, step: int, keep: 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:08d}.pt"
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    fd = _create(tmp)
     try:
-        with os.fdopen(_create(tmp), "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
@@ -162,19 +173,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
-    """Delete the temp files (``.NAME.PID.tmp``) that killed writers left in ``folder``: ``(removed, kept)``.
+def remove_stale_temps(folder: str | os.PathLike, names: str) -> tuple[list[Path], list[Path]]:
+    """Delete the temp files ``.NAME.PID.tmp`` (``NAME`` matching the pattern ``names``) that killed writers left
+    in ``folder``: ``(removed, kept)``.
 
     Only regular files directly in ``folder`` whose PID is not a live process on this machine; links are never
-    followed or removed, and a live PID's file is kept (it may be another host's, on a shared disk).
+    followed or removed, nothing else is touched, and a live PID's file is kept (another host's, on a shared disk?).
     """
     folder = Path(folder)
     removed: list[Path] = []
     kept: list[Path] = []
     if not folder.is_dir():
         return removed, kept
+    pattern = re.compile(rf"^\.(?:{names})\.(\d+)\.tmp$")
     for entry in os.scandir(folder):
-        m = _TEMP.match(entry.name)
+        m = pattern.match(entry.name)
         if not m or not entry.is_file(follow_symlinks=False):
             continue
         if _alive(int(m.group(1))):

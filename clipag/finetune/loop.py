@@ -105,7 +105,7 @@ def _train(args: Any, d: distributed.Dist, out: Path, plan: rundir.Plan) -> Trai
     if args.threads:
         torch.set_num_threads(args.threads)
     _setup_logging(out, d.main)
-    for level, note in plan.notes:
+    for level, note in plan.notes if d.main else ():
         log.log(level, note)
     if d.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

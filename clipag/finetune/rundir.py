@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -77,14 +78,18 @@ def _read_run(out: Path) -> dict[str, Any] | None:
 def prepare(args: Any, out: Path, d: distributed.Dist) -> Plan:
     """Rank 0 locks the folder, plans and moves what the run replaces; every rank gets the plan, or the reason
     the run cannot start (raised as ``SystemExit`` on every rank, so none waits for the others)."""
-    plan, error = None, None
+    plan, error, failure = None, None, None
     if d.main:
         try:
             plan = _plan(args, out)
         except SystemExit as e:
             error = str(e)
+        except Exception as e:  # e.g. a move that failed: raised here, and the other ranks told why
+            failure, error = e, f"rank 0 could not prepare {out}: {type(e).__name__}: {e}"
     fields = plan and {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "lock"}
     sent = distributed.all_gather_object({"error": error, "plan": fields} if d.main else None, d)[0]
+    if failure is not None:
+        raise failure
     if sent["error"]:
         raise SystemExit(sent["error"])
     return plan if d.main else Plan(**sent["plan"])
@@ -121,10 +126,18 @@ def _plan(args: Any, out: Path) -> Plan:
     return plan
 
 
+def _temp_names(out: Path) -> list[tuple[Path, str]]:
+    """Where a run writes through temp files (``.NAME.PID.tmp``), and the ``NAME`` patterns it uses there."""
+    from ..weights import CONFIG_NAME, WEIGHTS_NAME
+
+    return [(out, "metrics\\.jsonl|run\\.json"), (checkpoint.checkpoint_dir(out), checkpoint.STEP_NAME),
+            (out / "export", "|".join(re.escape(name) for name in (WEIGHTS_NAME, CONFIG_NAME)))]
+
+
 def _decide(args: Any, out: Path) -> Plan:
     notes: list[tuple[int, str]] = []
-    for folder in (out, checkpoint.checkpoint_dir(out), out / "export"):
-        removed, kept = checkpoint.remove_stale_temps(folder)
+    for folder, names in _temp_names(out):
+        removed, kept = checkpoint.remove_stale_temps(folder, names)
         notes += [(logging.INFO, f"removed {p.name} from {folder}: a temp file of a killed process") for p in removed]
         notes += [(logging.INFO, f"left {p} alone: its process is alive (another host's, or still writing?)")
                   for p in kept]
@@ -319,8 +332,8 @@ def _set_aside(out: Path, replaced: Replaced, kept: list[tuple[int | None, str, 
 def set_aside_export(out: Path) -> str | None:
     """Before writing an export: move a previous one to ``replaced/TIME/export`` (an export is never overwritten);
     an ``export/`` holding only a killed writer's temp files is just cleared."""
-    folder = out / "export"
-    checkpoint.remove_stale_temps(folder)
+    folder, names = _temp_names(out)[2]
+    checkpoint.remove_stale_temps(folder, names)
     if not folder.exists() and not folder.is_symlink():
         return None
     if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
