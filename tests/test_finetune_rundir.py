@@ -276,3 +276,20 @@ def test_a_killed_branch_resumes_its_own_history_with_the_same_weights(tmp_path)
     for key in expected:
         torch.testing.assert_close(again[key], expected[key], rtol=0, atol=1e-6, msg=key)
     assert _steps(out / "metrics.jsonl") == [1, 2, 3, 4, *range(6, 61, 2)]
+
+
+def test_a_torn_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tmp_path):
+    """A checkpoint torn by something else (a copy, a full disk) is never resumed, nor overwritten by name."""
+    cfg, out = write_config(tmp_path), tmp_path / "run"
+    train(_flags(cfg, out, 4, "--save-every", "2", "--no-export"))
+    newest = out / "checkpoints" / "step_00000004.pt"
+    torn = newest.read_bytes()[:1000]
+    newest.write_bytes(torn)
+    train(_flags(cfg, out, 5, "--save-every", "2", "--resume", "latest", "--no-export"))
+    log = (out / "train.log").read_text()
+    assert f"checkpoint {newest} is unreadable" in log
+    assert f"resumed from {out / 'checkpoints' / 'step_00000002.pt'} at step 2\n" in log
+    (aside,) = (out / "replaced").iterdir()
+    assert (aside / "checkpoints" / "step_00000004.pt").read_bytes() == torn
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step_00000004.pt", "step_00000005.pt"]
+    assert _steps(out / "metrics.jsonl") == [1, 2, 3, 4, 5]

@@ -262,6 +262,8 @@ def _train(args: Any, d: distributed.Dist, out: Path, plan: rundir.Plan) -> Trai
         log.info("exported %s", result.export_dir)
         if args.push_to_hub:
             log.info("pushed to %s", push_to_hub(result.export_dir, args.push_to_hub, args.hub_private))
+    if d.main and not args.export and (out / "export").exists() and trained:
+        log.warning("%s holds an earlier step's export; --no-export left it as it is", out / "export")
     if writer and (trained or not plan.done_logged):
         writer.write({"event": "done", "replicas_identical": identical, "world_size": d.world_size,
                       "weight_digests": digests, "not_learning": result.not_learning}, final_step)

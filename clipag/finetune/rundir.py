@@ -144,8 +144,8 @@ def _decide(args: Any, out: Path) -> Plan:
     run = _read_run(out)
     lineage = run["lineage"] if run else LEGACY
     readable, unreadable = _checkpoints(out)
-    for path in unreadable:
-        notes.append((logging.WARNING, f"checkpoint {path} is unreadable: ignored"))
+    notes += [(logging.WARNING, f"checkpoint {p} is unreadable ({why}): it is never resumed")
+              for _, p, why in unreadable]
     ours = [(s, p) for s, p, b in readable if on_lineage(b, s, lineage)]
     records = _metrics(out)
     held = bool(run) or bool(readable) or bool(records) or (out / "export").exists()
@@ -190,7 +190,8 @@ def _decide(args: Any, out: Path) -> Plan:
                      and p.resolve() != keep],
         metrics=[r for r in records if superseded(r)],
         export=(out / "export").exists() and kind != "continue",
-        tensorboard=(out / "tensorboard").exists() and kind == "new")
+        tensorboard=(out / "tensorboard").exists() and kind == "new",
+        unreadable=[(s, p) for s, p, _ in unreadable if kind == "new" or s > step])
     replaced.log = (out / "train.log").exists() and kind == "new" and replaced.any()  # else it goes on
     if replaced.blocking(kind) and not args.overwrite:
         raise SystemExit(_refusal(args, out, kind, step, run, replaced))
@@ -219,14 +220,16 @@ class Replaced:
     metrics: list[tuple[int | None, str, bool]]  # (step or None if unreadable, line, is the "done" record)
     export: bool
     tensorboard: bool
+    unreadable: list[tuple[int, Path]]  # checkpoint files that do not load (torn by a copy, a full disk)
     log: bool = False
 
     def any(self) -> bool:
-        return bool(self.checkpoints or self.metrics or self.export or self.tensorboard)
+        return bool(self.checkpoints or self.metrics or self.export or self.tensorboard or self.unreadable)
 
     def blocking(self, kind: str) -> bool:
-        """Anything but the metrics an interrupted process logged after its last checkpoint."""
-        return bool(self.checkpoints or self.export or self.tensorboard or (kind == "new" and self.metrics))
+        """Anything but what an interrupted process left after its last good checkpoint (metrics, torn files)."""
+        return bool(self.checkpoints or self.export or self.tensorboard or
+                    (kind == "new" and (self.metrics or self.unreadable)))
 
     def describe(self) -> str:
         parts = []
@@ -237,6 +240,9 @@ class Replaced:
             n, steps = len(self.metrics), sorted({r[0] for r in self.metrics if r[0] is not None})
             span = "" if not steps else f" (step {steps[0]})" if len(steps) == 1 else f" (steps {steps[0]}-{steps[-1]})"
             parts.append(f"{n} metrics.jsonl record{'s' * (n > 1)}{span}")
+        if self.unreadable:
+            n = len(self.unreadable)
+            parts.append(f"{n} unreadable checkpoint{'s' * (n > 1)} ({', '.join(p.name for _, p in self.unreadable)})")
         parts += ["an export (export/)"] * self.export + ["TensorBoard logs (tensorboard/)"] * self.tensorboard
         return "; ".join(parts)
 
@@ -250,22 +256,26 @@ def _latest(out: Path, run: dict[str, Any] | None, ours: list[tuple[int, Path]])
     start = (run or {}).get("start") or {}
     if start.get("checkpoint"):
         path = Path(start["checkpoint"])
-        if not path.is_file():
-            raise SystemExit(f"--resume latest: the run in {out} started from {path} (step {start['step']}), which is "
-                             "gone, and has no checkpoint of its own yet: restore the file, or start anew elsewhere")
+        try:
+            run_info(path)
+        except Exception as e:
+            raise SystemExit(f"--resume latest: the run in {out} started from {path} (step {start['step']}), which "
+                             f"cannot be read ({type(e).__name__}: {e}), and has no checkpoint of its own yet: restore "
+                             "the file, or start anew elsewhere") from None
         return path, start["step"], lineage
     return None, 0, lineage
 
 
-def _checkpoints(out: Path) -> tuple[list[tuple[int, Path, str | None]], list[Path]]:
-    """``([(step, path, branch)], [unreadable paths])`` of the checkpoint folder."""
+def _checkpoints(out: Path) -> tuple[list[tuple[int, Path, str | None]], list[tuple[int, Path, str]]]:
+    """``([(step, path, branch)], [(step in its name, path, why) of files that do not load])`` of the checkpoint
+    folder."""
     readable, unreadable = [], []
-    for _, path in checkpoint.listing(out):
+    for named_step, path in checkpoint.listing(out):
         try:
             step, branch, _ = run_info(path)
             readable.append((step, path, branch))
-        except Exception:
-            unreadable.append(path)
+        except Exception as e:
+            unreadable.append((named_step, path, f"{type(e).__name__}: {e}"))
     return readable, unreadable
 
 
@@ -292,8 +302,9 @@ def _refusal(args: Any, out: Path, kind: str, step: int, run: dict[str, Any] | N
     what, where = replaced.describe(), f"{out / REPLACED}/"
     if kind == "new":
         named = f" (branch {run['branch']}, started {run['created']})" if run else ""
-        why = f"--resume {args.resume} is not part of its history" if args.resume else "this new run (no --resume)"
-        return (f"{out} already holds a run{named}: {what}. {why[0].upper()}{why[1:]} would replace it, so nothing was "
+        why = f"--resume {args.resume} is not part of its history, so a run from it here" if args.resume else \
+            "This new run (no --resume)"
+        return (f"{out} already holds a run{named}: {what}. {why} would replace it, so nothing was "
                 f"started. To continue that run: the same command with --resume latest. To keep it and start anew: "
                 f"another --output-dir. To start anew here: add --overwrite (what is there moves to {where}; nothing "
                 "is deleted).")
@@ -311,7 +322,7 @@ def _set_aside(out: Path, replaced: Replaced, kept: list[tuple[int | None, str, 
                step: int) -> str:
     """Move what the run replaces to a fresh ``replaced/TIME/`` folder; returns what was done, in words."""
     dest = _replaced_dir(out)
-    for _, path in replaced.checkpoints:
+    for _, path in replaced.checkpoints + replaced.unreadable:
         _move(path, dest / "checkpoints" / path.name)
     if replaced.metrics:
         aside = dest / "metrics.jsonl"
