@@ -18,7 +18,7 @@ from ..checkpoints import save_safetensors
 from ..hub import write_json_atomic
 from ..weights import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
 
-__all__ = ["export_model", "push_to_hub", "EXPORT_KEY"]
+__all__ = ["export_model", "push_to_hub", "exported_run", "EXPORT_KEY"]
 
 EXPORT_KEY = "clipag_finetune"  # safetensors metadata: {"step", "branch"} of the run that wrote the weights
 
@@ -62,6 +62,22 @@ def export_model(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_c
                   "global_batch": 0, "data": "", "text": "frozen", **info}
         (folder / "README.md").write_text(_CARD.format(**fields), encoding="utf-8")
     return folder
+
+
+def exported_run(folder: str | os.PathLike) -> tuple[int, str | None] | None:
+    """``(step, branch)`` of the weights in an export folder, if it is complete and says so (exports written
+    before run ids existed, or by hand, do not: ``None``, i.e. not known to be current)."""
+    from safetensors import safe_open
+
+    weights = Path(folder) / WEIGHTS_NAME
+    if not (weights.is_file() and (Path(folder) / CONFIG_NAME).is_file()):
+        return None
+    try:
+        with safe_open(str(weights), "pt") as f:
+            info = json.loads((f.metadata() or {})[EXPORT_KEY])
+        return int(info["step"]), info["branch"]
+    except Exception:  # no such metadata, or a damaged file
+        return None
 
 
 def push_to_hub(folder: str | os.PathLike, repo: str, private: bool = False,

@@ -6,13 +6,13 @@ Before training, rank 0 takes the folder's lock (a second process on it stops at
 process), deletes temp files that killed writers left, and works out what the run starts from and what that
 would replace:
 
-- *continue* (``--resume latest``, or the run's newest checkpoint): nothing; metrics lines the interrupted
-  process logged after its last checkpoint move aside, so ``metrics.jsonl`` holds one timeline;
+- *continue* (``--resume latest``, or the run's newest checkpoint): nothing but what an interrupted process left
+  after its last good checkpoint (metrics lines, so ``metrics.jsonl`` holds one timeline; torn checkpoint files);
 - *rewind* (an older checkpoint of the run): a new branch from that step; the run's later checkpoints, later
   metrics and its export would be replaced;
 - *new* (no ``--resume``, or another run's checkpoint): everything the folder holds would be replaced.
 
-Replacing more than that metrics tail is refused, saying what was found and what to run instead, unless
+Replacing more than that is refused, saying what was found and what to run instead, unless
 ``--overwrite`` is given: then the files move to ``OUTPUT_DIR/replaced/TIME/``. Nothing is ever deleted.
 """
 
@@ -32,6 +32,7 @@ from typing import Any
 
 from . import checkpoint, distributed
 from .checkpoint import LEGACY, Lineage, on_lineage, run_info, truncate
+from .export import exported_run
 
 __all__ = ["Plan", "prepare", "current_lineage", "set_aside_export", "RUN_FILE", "LOCK_FILE", "REPLACED"]
 
@@ -205,7 +206,7 @@ def _decide(args: Any, out: Path) -> Plan:
             {"checkpoint": str(origin.resolve()) if origin else None, "step": step}
         _write_json(out / RUN_FILE, {"branch": branch, "lineage": new_lineage, "start": start,
                                      "created": time.strftime("%Y-%m-%d %H:%M:%S %z")})
-    exported = _export_info(out)
+    exported = exported_run(out / "export")
     return Plan(kind, str(origin) if origin else None, step, branch, new_lineage,
                 export_current=exported is not None and exported[0] == step and
                 (exported[1] == branch or on_lineage(exported[1], step, new_lineage)),
@@ -353,24 +354,6 @@ def set_aside_export(out: Path) -> str | None:
     dest = _replaced_dir(out) / "export"
     _move(folder, dest)
     return f"moved the previous export to {dest}"
-
-
-def _export_info(out: Path) -> tuple[int, str | None] | None:
-    """``(step, branch)`` of the weights in ``export/``, if it is complete and says so (exports since run ids)."""
-    from safetensors import safe_open
-
-    from ..weights import CONFIG_NAME, WEIGHTS_NAME
-    from .export import EXPORT_KEY
-
-    weights = out / "export" / WEIGHTS_NAME
-    if not (weights.is_file() and (out / "export" / CONFIG_NAME).is_file()):
-        return None
-    try:
-        with safe_open(str(weights), "pt") as f:
-            info = json.loads((f.metadata() or {})[EXPORT_KEY])
-        return int(info["step"]), info["branch"]
-    except Exception:  # older exports carry no step: treat as unknown, i.e. not current
-        return None
 
 
 def _replaced_dir(out: Path) -> Path:
