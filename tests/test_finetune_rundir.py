@@ -293,3 +293,21 @@ def test_a_torn_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_
     assert (aside / "checkpoints" / "step_00000004.pt").read_bytes() == torn
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step_00000004.pt", "step_00000005.pt"]
     assert _steps(out / "metrics.jsonl") == [1, 2, 3, 4, 5]
+
+
+def test_tensorboard_hides_what_a_killed_run_logged_after_its_last_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, out = write_config(tmp_path), tmp_path / "run"
+    first = train(_flags(cfg, out, 6, "--save-every", "4", "--tensorboard", "--no-export"))
+    (out / "checkpoints" / "step_00000006.pt").unlink()  # as if killed after logging step 6, before saving it
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text("".join(lines[:-1]))
+    second = train(_flags(cfg, out, 6, "--save-every", "4", "--tensorboard", "--no-export", "--resume", "latest"))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("loss")
+    assert [e.step for e in losses] == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 once: the resumed run's
+    assert [e.value for e in losses[4:]] == pytest.approx([r["loss"] for r in second.history])
+    assert [r["step"] for r in first.history] == [1, 2, 3, 4, 5, 6]
