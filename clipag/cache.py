@@ -169,7 +169,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir() and not path.is_symlink():
         raise IsADirectoryError(f"{path} is a folder, where clipag must write a file")
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+    # .NAME.PID.RANDOM.tmp: the PID lets a cleaner without the lock (finetune's) tell a live writer's file
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=_TEMP_SUFFIX)
     os.close(fd)
     tmp = Path(name)
     try:

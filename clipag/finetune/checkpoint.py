@@ -174,7 +174,7 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | os.PathLike, names: str) -> tuple[list[Path], list[Path]]:
-    """Delete the temp files ``.NAME.PID.tmp`` (``NAME`` matching the pattern ``names``) that killed writers left
+    """Delete the temp files ``.NAME.PID[.RANDOM].tmp`` (``NAME`` matching ``names``) that killed writers left
     in ``folder``: ``(removed, kept)``.
 
     Only regular files directly in ``folder`` whose PID is not a live process on this machine; links are never
@@ -185,7 +185,8 @@ def remove_stale_temps(folder: str | os.PathLike, names: str) -> tuple[list[Path
     kept: list[Path] = []
     if not folder.is_dir():
         return removed, kept
-    pattern = re.compile(rf"^\.(?:{names})\.(\d+)\.tmp$")
+    # .NAME.PID.tmp (checkpoints), or clipag.cache.atomic_path's .NAME.PID.RANDOM.tmp (the export)
+    pattern = re.compile(rf"^\.(?:{names})\.(\d+)(?:\.\w+)?\.tmp$")
     for entry in os.scandir(folder):
         m = pattern.match(entry.name)
         if not m or not entry.is_file(follow_symlinks=False):
