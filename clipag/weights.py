@@ -234,6 +234,10 @@ def resolve(name: str, download_root: str | os.PathLike | None = None,
             quick_gelu: bool | None = None) -> ResolvedWeights:
     """Turn a registry name, ``hf-hub:`` id, Hub-layout folder or checkpoint file into weights + config."""
     entry = get_entry(name)
+    from .hf.read import resolve_transformers  # transformers-format CLIPs (folders, hf-hub repos, registry entries)
+
+    if (transformers_weights := resolve_transformers(name, entry, download_root, quick_gelu)) is not None:
+        return transformers_weights
     if entry is not None and entry.hf_repo:
         config, state_dict, source = _read_hub_weights(entry.hf_repo, None, download_root)
         model_cfg = dict(config["model_cfg"], quick_gelu=entry.quick_gelu)  # the registry pins the activation

@@ -31,7 +31,7 @@ _HF_ACTS = {"quick_gelu": (True, None), "gelu": (False, None), "gelu_pytorch_tan
             "gelu_new": (False, "tanh")}
 
 
-class NotExpressibleError(ValueError):
+class NotExpressibleError(RuntimeError):
     """The model uses something the other library's CLIP has no counterpart for. The message names it."""
 
 
