@@ -71,6 +71,9 @@ def run_script(script: str, args: list[str], model: str | None = None, device: s
     if device is not None:
         device_remap.install(device)
     install_clip_aliases(model)
+    from .hf.run_hooks import install as install_transformers_hooks
+
+    install_transformers_hooks(model)  # transformers' CLIP from_pretrained -> clipag (when transformers is installed)
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     try:

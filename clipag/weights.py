@@ -137,14 +137,17 @@ def _verify_cached(folder: Path) -> None:
 
 def _hub_download(repo: str, filename: str, cache_dir: str | None, force: bool = False) -> str | None:
     """A Hub file's local path, or ``None`` if the repo is known not to have it (online, or cached as absent)."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:  # huggingface_hub >= 1.0; before it (what transformers 4 needs) a remote 404 is an EntryNotFoundError,
+        from huggingface_hub.errors import RemoteEntryNotFoundError  # of which LocalEntryNotFoundError is a subclass
+    except ImportError:
+        from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
 
     try:
         return hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=is_offline(),
                                force_download=force)
-    except RemoteEntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError as e:
+    except LocalEntryNotFoundError as e:  # first: under huggingface_hub < 1.0 it is also an EntryNotFoundError
         if not is_offline():
             raise DownloadError(f"could not download {filename} from hf-hub:{repo}: {e}") from e
         if try_to_load_from_cache(repo, filename, cache_dir=cache_dir) is not None:
@@ -153,6 +156,8 @@ def _hub_download(repo: str, filename: str, cache_dir: str | None, force: bool =
             f"hf-hub:{repo} ({filename}) is not in the Hugging Face cache and offline mode is on. "
             f"On a machine with internet run `clipag download hf-hub:{repo}` and copy its Hugging Face "
             "cache (HF_HUB_CACHE) here.") from e
+    except RemoteEntryNotFoundError:
+        return None
 
 
 def _fetch_hub(repo: str, cache_dir: str | None = None) -> tuple[dict[str, Any], str]:
@@ -214,7 +219,7 @@ def _config_for_file(path: Path, metadata: dict[str, str], fmt: str, state_dict:
                      quick_gelu: bool | None) -> tuple[dict[str, Any], dict[str, Any]]:
     sidecar = read_json(path.parent / CONFIG_NAME) if path.suffix == ".safetensors" else {}
     if CONFIG_METADATA_KEY in metadata:
-        config, preprocess = json.loads(metadata[CONFIG_METADATA_KEY]), {}
+        config, preprocess = json.loads(metadata[CONFIG_METADATA_KEY]), sidecar.get("preprocess_cfg", {})
     elif "model_cfg" in sidecar:
         config, preprocess = sidecar["model_cfg"], sidecar.get("preprocess_cfg", {})
     else:

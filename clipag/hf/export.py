@@ -19,15 +19,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import save_safetensors
-from ..hub import CONFIG_NAME, WEIGHTS_NAME
 from ..model import attach_preprocess, build_model, load_weights, make_preprocess, skip_init
 from ..registry import get_entry
 from ..weights import ResolvedWeights, resolve
 from .card import source_record, write_card
 from .convert import PAD_ID, to_transformers_config, to_transformers_preprocess, to_transformers_state_dict
 
-__all__ = ["FORMATS", "ExportError", "ExportResult", "export", "push_to_hub", "require_transformers"]
+__all__ = ["FORMATS", "ExportError", "ExportResult", "export", "push_to_hub", "require_transformers",
+           "save_transformers_model"]
 
 FORMATS = ("transformers", "open_clip")
 TOLERANCE = 1e-4  # fp32 CPU; measured differences are ~1e-6 (see docs/huggingface.md)
@@ -90,11 +89,7 @@ def _write_transformers(resolved: ResolvedWeights, model: torch.nn.Module, prepr
     transformers = require_transformers()
     from .measure import measure_export
 
-    config = transformers.CLIPConfig(**to_transformers_config(resolved.config))
-    with skip_init():  # every weight is loaded next, strictly
-        hf_model = transformers.CLIPModel(config).eval()
-    hf_model.load_state_dict(to_transformers_state_dict(model.state_dict()), strict=True)
-    hf_model.save_pretrained(folder)
+    save_transformers_model(resolved.config, model.state_dict(), folder)
     size = model.visual.input_resolution
     image_processor = transformers.CLIPImageProcessor(**to_transformers_preprocess(preprocess_cfg, size))
     transformers.CLIPProcessor(image_processor=image_processor,
@@ -108,6 +103,20 @@ def _write_transformers(resolved: ResolvedWeights, model: torch.nn.Module, prepr
                                                 equivalence.features["text_max_abs"]))
     return {"features": equivalence.features, "tokenizers": equivalence.tokenizers,
             "processors": equivalence.processors, "versions": equivalence.versions, "texts": equivalence.texts}
+
+
+def save_transformers_model(config: dict[str, Any], state_dict: dict[str, torch.Tensor], folder: Path) -> None:
+    """``config.json`` + ``model.safetensors`` of the ``CLIPModel`` an open_clip config and state dict describe,
+    written by transformers' ``save_pretrained`` after a strict load (every weight placed, none left over)."""
+    transformers = require_transformers()
+    hf_config = transformers.CLIPConfig(**to_transformers_config(config))
+    # Import the model class before skip_init: transformers 4 keeps the torch.nn.init functions it finds when
+    # modeling_utils is first imported, and would keep skip_init's no-ops for good if that happened inside it.
+    model_class = transformers.CLIPModel
+    with skip_init():  # every weight is loaded next, strictly
+        hf_model = model_class(hf_config).eval()
+    hf_model.load_state_dict(to_transformers_state_dict(state_dict), strict=True)
+    hf_model.save_pretrained(folder)
 
 
 def _tokenizer(folder: Path, context_length: int) -> Any:
@@ -153,12 +162,13 @@ def _share(folder: Path) -> None:
 
 def _write_open_clip(resolved: ResolvedWeights, model: torch.nn.Module, preprocess_cfg: dict[str, Any],
                      preprocess: Any, folder: Path) -> dict[str, Any]:
-    """open_clip's ``hf-hub:`` layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``."""
-    config = {"model_cfg": resolved.config,
-              "preprocess_cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()
-                                 if k in ("mean", "std", "interpolation", "resize_mode", "fill_color")}}
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_safetensors(model.state_dict(), folder / WEIGHTS_NAME)
+    """open_clip's ``hf-hub:`` layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``, written by the
+    writer ``clipag.finetune`` exports with."""
+    from ..finetune.export import export_model
+
+    export_model(model, resolved.config, {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()
+                                          if k in ("mean", "std", "interpolation", "resize_mode", "fill_color")},
+                 folder)
     _share(folder)
     measured = _measure_open_clip(model, preprocess, folder)
     _check(resolved.source, "open_clip", max(measured["image_max_abs"], measured["text_max_abs"]))
@@ -166,7 +176,7 @@ def _write_open_clip(resolved: ResolvedWeights, model: torch.nn.Module, preproce
 
 
 def _check(source: str, fmt: str, worst: float) -> None:
-    if worst > TOLERANCE:
+    if not worst <= TOLERANCE:  # NaN fails too
         raise ExportError(f"the {fmt} export of {source} differs from clipag's model by {worst:.2e} "
                           f"(> {TOLERANCE:g}); it was not written. This is a bug: please report it")
 
@@ -191,11 +201,7 @@ def _measure_open_clip(model: torch.nn.Module, preprocess: Any, folder: Path) ->
 
 
 def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:
-    """Upload ``folder`` to the Hub model repo ``repo`` (created if missing) through huggingface_hub; its URL."""
-    from huggingface_hub import HfApi
+    """Upload ``folder`` to the Hub model repo ``repo`` (created if missing) through huggingface_hub."""
+    from ..finetune.export import push_to_hub as push
 
-    api = HfApi()
-    url = api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
-                      commit_message="Upload a CLIP exported by clipag")
-    return str(url)
+    return push(folder, repo, private=private, commit_message="clipag export")
