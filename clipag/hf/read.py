@@ -62,7 +62,7 @@ def resolve_transformers(name: str, entry: ModelEntry | None, download_root: str
 
 def read_folder(folder: Path, download_root: str | os.PathLike | None = None) -> ResolvedWeights:
     """A local transformers-format folder, converted once (keyed by the weights file's path, size and mtime)."""
-    config = _read_json(folder / HF_CONFIG)
+    config = _clip_config(folder / HF_CONFIG, str(folder))
     names = [n for n in HF_WEIGHT_NAMES if (folder / n).is_file()]
     if not names:
         raise CheckpointError(f"{folder}: has {HF_CONFIG} but no weights file "
@@ -102,7 +102,7 @@ def _read_hub(repo: str, download_root: str | os.PathLike | None) -> ResolvedWei
     config_path = _hub_download(repo, HF_CONFIG, None)
     if config_path is None:
         raise RuntimeError(f"hf-hub:{repo} has no {HF_CONFIG}; it is not a transformers model repository")
-    config = _read_json(Path(config_path))
+    config = _clip_config(Path(config_path), f"hf-hub:{repo}")
     revision = Path(config_path).parent.name
     converted = cache_root(download_root) / "hub" / repo.replace("/", "--") / f"{revision}.transformers.safetensors"
 
@@ -198,6 +198,15 @@ def _read_cached(converted: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
         warnings.warn(f"{converted}: {e}; converting again", stacklevel=4)
         converted.unlink(missing_ok=True)
         return None
+
+
+def _clip_config(path: Path, source: str) -> dict[str, Any]:
+    """``config.json``, checked to be transformers' CLIP before any weights are read."""
+    config = _read_json(path)
+    if config.get("model_type") != "clip":
+        raise CheckpointError(f"{source}: {HF_CONFIG} says model_type={config.get('model_type')!r}; clipag reads "
+                              "transformers' CLIP (model_type 'clip') and open_clip layouts")
+    return config
 
 
 def _read_json(path: Path) -> dict[str, Any]:
