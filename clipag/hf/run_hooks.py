@@ -96,7 +96,8 @@ class Swapper:
         if clip_name is None:
             self._once(f"{call} loads unchanged: {reason}")
             return name
-        folder = export_folder(clip_name, self.download_root)
+        with _nested():  # the export's own transformers loads are not the script's
+            folder = export_folder(clip_name, self.download_root)
         self._once(f"{call} -> clipag {clip_name!r} ({folder})")
         return str(folder)
 
