@@ -131,11 +131,14 @@ def _patch_class(cls: type, swapper: Swapper) -> None:
 
     @functools.wraps(original)
     def from_pretrained(klass: type, *args: Any, **kwargs: Any) -> Any:
-        if args:
-            args = (swapper.target(klass.__name__, args[0], kwargs), *args[1:])
-        elif "pretrained_model_name_or_path" in kwargs:
-            kwargs["pretrained_model_name_or_path"] = swapper.target(
-                klass.__name__, kwargs["pretrained_model_name_or_path"], kwargs)
+        key = "pretrained_model_name_or_path"
+        name = args[0] if args else kwargs.get(key)
+        target = swapper.target(klass.__name__, name, kwargs)
+        if target is not name:
+            args, kwargs = ((target, *args[1:]), kwargs) if args else (args, {**kwargs, key: target})
+            # A config fetched for the original id (AutoModel passes one) would rebuild the swapped weights with
+            # the original's activation and sizes; the swapped folder's own config.json is the right one.
+            kwargs.pop("config", None)
         with _nested():
             return original(klass, *args, **kwargs)
 

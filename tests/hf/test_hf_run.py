@@ -160,3 +160,36 @@ def test_install_patches_imported_classes_and_uninstall_restores_them():
         run_hooks.uninstall()
     assert transformers.CLIPModel.from_pretrained.__func__ is original
     assert not any(isinstance(f, run_hooks._PatchOnImport) for f in sys.meta_path)
+
+
+AUTO_SCRIPT = """
+import json, sys, torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained("openai/clip-vit-base-patch32")
+pixels = torch.zeros(1, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)
+features = model.get_image_features(pixel_values=pixels)
+features = features if torch.is_tensor(features) else features.pooler_output
+json.dump({"act": model.config.vision_config.hidden_act, "size": model.config.vision_config.hidden_size,
+           "features": features.tolist()}, open("auto.json", "w"))
+"""
+
+
+def test_auto_model_gets_the_swapped_model_with_its_own_config(tmp_path):
+    """AutoModel reads OpenAI's config from the Hub (here the cache), then calls CLIPModel.from_pretrained(id,
+    config=<OpenAI's>); the swap must not rebuild clipag's weights with OpenAI's config (QuickGELU, other sizes)."""
+    tiny = save_clipag_folder(tmp_path / "tiny", tiny_config(False), seed=13)
+    openai = tmp_path / "openai-config"
+    transformers.CLIPConfig(text_config={"hidden_size": 128, "num_attention_heads": 2},
+                            vision_config={"hidden_size": 128, "num_attention_heads": 2, "image_size": 64,
+                                           "patch_size": 16}).save_pretrained(openai)  # quick_gelu, as OpenAI's
+    install_hf_repo(tmp_path / "hf", "openai/clip-vit-base-patch32", openai)
+    (tmp_path / "auto.py").write_text(AUTO_SCRIPT)
+    result = clipag_run(["--model", str(tiny), "auto.py"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"CLIPModel.from_pretrained('openai/clip-vit-base-patch32') -> clipag '{tiny}'" in result.stderr
+    out = json.loads((tmp_path / "auto.json").read_text())
+    assert out["act"] == "gelu" and out["size"] == 64
+    model, _ = clipag.load(str(tiny), device="cpu")
+    with torch.no_grad():
+        expected = model.encode_image(torch.zeros(1, 3, 64, 64))
+    torch.testing.assert_close(torch.tensor(out["features"]), expected, atol=1e-5, rtol=0)
