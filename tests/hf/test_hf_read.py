@@ -165,3 +165,29 @@ def test_state_dict_round_trip_is_exact_and_complete():
     assert all(torch.equal(back[k], v) for k, v in expected.items())
     with pytest.raises(convert.NotExpressibleError, match="no counterpart: \\['extra.weight'\\]"):
         convert.from_transformers_state_dict({**hf_model.state_dict(), "extra.weight": torch.zeros(1)})
+
+
+def test_registry_model_exports_with_its_licence_threat_model_and_source_hash(tmp_path, isolated_caches):
+    """A registry entry's card carries what the registry knows: licence as published, threat model, embedding space,
+    the Hub revision and the sha256 of the file the weights came from."""
+    import hashlib
+
+    from clipag.hf.export import export
+
+    hf_model = transformers_clip(seed=10)
+    hf_model.save_pretrained(tmp_path / "leaf")
+    snapshot = install_hf_repo(isolated_caches / "hf", "LEAF-CLIP/CLIP-ViT-L-FARE2", tmp_path / "leaf")
+    mark_absent(isolated_caches / "hf", "LEAF-CLIP/CLIP-ViT-L-FARE2", "preprocessor_config.json",
+                "processor_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                "open_clip_pytorch_model.bin")
+    export("LEAF-FARE2-ViT-L/14", tmp_path / "out", log=lambda m: None)
+    card = (tmp_path / "out" / "README.md").read_text()
+    entry = clipag.registry.REGISTRY["LEAF-FARE2-ViT-L/14"]
+    assert "license: mit" in card and f"| licence as published | {entry.license} |" in card
+    assert f"| threat model | {entry.threat_model} |" in card and "| embedding space | OpenAI ViT-L/14 |" in card
+    assert f"hf-hub:LEAF-CLIP/CLIP-ViT-L-FARE2 (revision {REVISION})" in card
+    assert hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest() in card
+    exported = transformers.CLIPModel.from_pretrained(tmp_path / "out").eval()
+    assert exported.config.vision_config.hidden_act == "quick_gelu"
+    for key, value in hf_model.state_dict().items():  # transformers -> clipag -> transformers: the same tensors
+        assert torch.equal(exported.state_dict()[key], value), key
