@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("run", help="run an unmodified script with `import clip` resolving to clipag")
-    p.add_argument("--model", default=None, help="replace every clip.load name (registry name, hf-hub: id, path)")
+    p.add_argument("--model", default=None, help="replace every clip.load name, and every Hub id given to "
+                                                 "transformers' CLIP from_pretrained (registry name, hf-hub: id, path)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="weight precision off the CPU (default fp16, as OpenAI)")
     p.add_argument("--device", default=None, help="send the script's hard-coded CUDA requests (torch.device('cuda'), "

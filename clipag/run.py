@@ -4,7 +4,8 @@ Scripts do ``import clip`` (openai/CLIP) or ``from CLIP import clip`` (VQGAN-CLI
 ``CLIP/``). Pre-seeding ``sys.modules`` makes both imports find clipag before any file on disk. The
 same run can remap hard-coded CUDA (:mod:`clipag.device_remap`) and arm import stand-ins for
 dependencies that no longer build (:mod:`clipag.standins`); both act process-wide, so modules the
-script imports (CLIPDraw's drivers import ``predict.py``) are covered too.
+script imports (CLIPDraw's drivers import ``predict.py``) are covered too. With transformers installed,
+``from_pretrained`` of transformers' CLIP classes loads clipag's model as well (:mod:`clipag.hf.run_hooks`).
 """
 
 from __future__ import annotations
