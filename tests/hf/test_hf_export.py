@@ -273,7 +273,7 @@ def test_an_export_that_measures_nan_is_refused_not_written(tmp_path, monkeypatc
     from clipag.hf import export as export_module
     from clipag.hf.measure import Equivalence
 
-    nan = {"image_max_abs": float("nan"), "text_max_abs": float("nan"), "images": 4, "texts": 20}
+    nan = {"image_max_abs": 1e-6, "text_max_abs": float("nan"), "images": 4, "texts": 20}  # max() would say 1e-6
     monkeypatch.setattr("clipag.hf.measure.measure_export", lambda *a: Equivalence(nan, {}, {}, {}))
     source = save_clipag_folder(tmp_path / "src", tiny_config(False))
     with pytest.raises(export_module.ExportError, match="differs from clipag's model by nan"):
