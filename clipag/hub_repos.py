@@ -51,7 +51,12 @@ def _hub_download(repo: str, filename: str, cache_dir: str | None, force: bool =
     retries, which take about half a minute per file.
     """
     from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:  # huggingface_hub >= 1.0; before it (what transformers 4 needs) a remote 404 is an EntryNotFoundError,
+        from huggingface_hub.errors import RemoteEntryNotFoundError  # of which LocalEntryNotFoundError is a subclass
+    except ImportError:
+        from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
 
     offline = is_offline()
     if not offline and (problem := check_reachable(constants.ENDPOINT)):
@@ -62,9 +67,7 @@ def _hub_download(repo: str, filename: str, cache_dir: str | None, force: bool =
                             f"offline? {_offline_advice(repo)}")
     try:
         return hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=offline, force_download=force)
-    except RemoteEntryNotFoundError:
-        return None
-    except LocalEntryNotFoundError as e:
+    except LocalEntryNotFoundError as e:  # first: under huggingface_hub < 1.0 it is also an EntryNotFoundError
         if not offline:
             raise DownloadError(f"could not download {filename} from hf-hub:{repo}: {e}. {_offline_advice(repo)}") \
                 from e
@@ -72,6 +75,8 @@ def _hub_download(repo: str, filename: str, cache_dir: str | None, force: bool =
             return None  # an earlier online lookup recorded that the file does not exist
         raise OfflineError(f"hf-hub:{repo} ({filename}) is not in the Hugging Face cache and offline mode is on. "
                            f"{_offline_advice(repo)}") from e
+    except RemoteEntryNotFoundError:
+        return None
 
 
 def _fetch_hub(repo: str, cache_dir: str | None = None) -> tuple[dict[str, Any], str, str]:

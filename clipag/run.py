@@ -4,7 +4,8 @@ Scripts do ``import clip`` (openai/CLIP) or ``from CLIP import clip`` (VQGAN-CLI
 ``CLIP/``). Pre-seeding ``sys.modules`` makes both imports find clipag before any file on disk. The
 same run can remap hard-coded CUDA (:mod:`clipag.device_remap`) and arm import stand-ins for
 dependencies that no longer build (:mod:`clipag.standins`); both act process-wide, so modules the
-script imports (CLIPDraw's drivers import ``predict.py``) are covered too.
+script imports (CLIPDraw's drivers import ``predict.py``) are covered too. With transformers installed,
+``from_pretrained`` of transformers' CLIP classes loads clipag's model as well (:mod:`clipag.hf.run_hooks`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def run_script(script: str, args: list[str], model: str | None = None, device: s
         device_remap.install(device)
     install_clip_aliases(model)
     install_open_clip_reader()
+    from .hf.run_hooks import install as install_transformers_hooks
+
+    install_transformers_hooks(model)  # transformers' CLIP from_pretrained -> clipag (when transformers is installed)
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     try:

@@ -87,7 +87,7 @@ def _config_for_file(path: Path, metadata: dict[str, str], fmt: str, state_dict:
     sidecar = read_json(path.parent / CONFIG_NAME) if path.suffix == ".safetensors" else {}
     if CONFIG_METADATA_KEY in metadata:
         try:
-            config, preprocess = json.loads(metadata[CONFIG_METADATA_KEY]), {}
+            config, preprocess = json.loads(metadata[CONFIG_METADATA_KEY]), sidecar.get("preprocess_cfg", {})
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path}: corrupt model config in its metadata ({e})") from e
     elif "model_cfg" in sidecar:
@@ -123,7 +123,11 @@ def _missing_path_error(name: str, path: Path) -> Exception:
 def resolve(name: str, download_root: str | os.PathLike | None = None,
             quick_gelu: bool | None = None) -> ResolvedWeights:
     """Turn a registry name, ``hf-hub:`` id, Hub-layout folder or checkpoint file into weights + config."""
+    from .hf.read import resolve_transformers  # transformers-format CLIPs (folders, hf-hub repos, registry entries)
+
     entry = get_entry(name)
+    if (transformers_weights := resolve_transformers(name, entry, download_root, quick_gelu)) is not None:
+        return _checked(transformers_weights, transformers_weights.source)
     if entry is not None and entry.hf_repo:
         config, state_dict, source = read_hub_weights(entry.hf_repo, None, download_root)
         model_cfg = dict(config["model_cfg"], quick_gelu=entry.quick_gelu)  # the registry pins the activation
