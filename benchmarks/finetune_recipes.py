@@ -69,7 +69,7 @@ def run(recipe: str, data: str, seed: int, out: Path, digits: Path, model: str) 
             run("walkthrough", data, seed, out, digits, model)
         flags += f" --pretrained {pretrained}"
     command = [sys.executable, "-m", "clipag.finetune", *shlex.split(flags), *source, "--seed", str(seed),
-               "--no-progress", "--output-dir", str(run_dir)]
+               "--no-progress", "--output-dir", str(run_dir), "--resume", "latest"]  # a killed run goes on
     if not (run_dir / "export").is_dir():  # a finished run is evaluated again, not retrained
         subprocess.run(command, check=True, capture_output=True)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -3,11 +3,8 @@
 Formats: ``.safetensors``; a zip ``torch.save`` file holding a state dict or an open_clip training
 checkpoint (``{"state_dict": ...}``, ``module.`` prefixes); an OpenAI TorchScript archive; a PyTorch
 Lightning checkpoint (:func:`read_lightning_checkpoint`).
-Pickles go through ``torch.load(weights_only=True)`` only. TorchScript archives are refused by that
-loader and ``torch.jit.load`` would run their code, so we read their tensors with a tiny restricted
-unpickler instead (no maintained library does this without executing the archive). Lightning
-checkpoints pickle Lightning's own classes, which ``weights_only`` refuses; they get a restricted
-unpickler that turns such classes into inert placeholders.
+Pickles are read by :mod:`clipag.unpickling`, which never runs them: ``torch.load(weights_only=True)`` plus
+numpy's numbers, an inert reader for TorchScript archives, and one for Lightning checkpoints.
 """
 
 from __future__ import annotations
@@ -24,8 +21,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "Checkpoint", "read_checkpoint", "read_lightning_checkpoint", "InertObject",
-           "save_safetensors", "infer_openai_config"]
+from .cache import DiskFullError, atomic_path, ensure_space, is_disk_full
+from .unpickling import describe_global, inert_load, read_torchscript_tensors, unsafe_globals, weights_only_globals
+
+__all__ = ["CheckpointError", "Checkpoint", "read_checkpoint", "read_lightning_checkpoint", "save_safetensors",
+           "infer_openai_config", "refusal_message", "is_pickled"]
+
+# torch.save's legacy (pre-1.6) format starts by pickling a magic number (protocol 2, LONG1 of 10 bytes).
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8"
+
+# TorchScript archives deflate their source code; nothing legitimate there comes near this.
+_MAX_COMPRESSED_MEMBER = 64 << 20
 
 # Tensors OpenAI's TorchScript archives carry that are not weights (OpenAI's build_model drops them too).
 _NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -50,16 +56,67 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty")
     with open(path, "rb") as f:
-        magic = f.read(8)
+        magic = f.read(16)
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+        names = _check_torch_zip(path)
         if any(n.endswith("/constants.pkl") for n in names):
             return Checkpoint(_strip_non_weights(_read_torchscript(path)), "torchscript")
-        return _read_pickle(path)
+        return _read_pickle(path, mmap=True)
+    if magic.startswith(_LEGACY_TORCH_MAGIC):  # torch.save before PyTorch 1.6 (or _use_new_zipfile_serialization=False)
+        return _read_pickle(path, mmap=False)
     if magic.startswith(b"PK") or path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint (not a valid zip archive)")
+    if len(magic) > 8 and magic[8:9] != b"{":  # a safetensors file starts with its header's length, then JSON
+        raise CheckpointError(f"{path}: not a weights file ({_file_kind(magic)}). clipag reads .safetensors, torch "
+                              "checkpoints (.pt/.pth/.bin) and OpenAI TorchScript archives; see docs/formats.md")
     return _read_safetensors(path)
+
+
+def is_pickled(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a torch pickle (zip or pre-1.6 format), the kind of file clipag converts once."""
+    with open(path, "rb") as f:
+        magic = f.read(16)
+    return magic.startswith(_LEGACY_TORCH_MAGIC) or zipfile.is_zipfile(path)
+
+
+_MAGIC_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"<svg", "an SVG image"),
+                (b"<?xml", "an XML file"), (b"\x93NUMPY", "a numpy array file"), (b"\x89HDF", "an HDF5 file"))
+
+
+def _file_kind(magic: bytes) -> str:
+    for prefix, kind in _MAGIC_KINDS:
+        if magic.startswith(prefix):
+            return f"it is {kind}"
+    if magic[:1] in (b"{", b"["):
+        return "it is JSON text"
+    return "its first bytes match no format clipag reads"
+
+
+def _check_torch_zip(path: Path) -> list[str]:
+    """The archive's member names, after checking that its declared sizes can be true.
+
+    torch stores tensors and pickles uncompressed (only TorchScript's small source files are deflated), so such a
+    member cannot be larger than the file. A compressed tensor or pickle (a 2 MB file can declare 2 GiB) is refused
+    before anything is decompressed or allocated.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({e})") from e
+    size = path.stat().st_size
+    for info in infos:
+        compressed = info.compress_type != zipfile.ZIP_STORED
+        if compressed and ("/data/" in info.filename or info.filename.endswith(".pkl")
+                           or info.file_size > _MAX_COMPRESSED_MEMBER):
+            raise CheckpointError(f"{path}: member {info.filename} is compressed ({info.compress_size:,} bytes that "
+                                  f"claim to expand to {info.file_size:,}); torch stores tensors and pickles "
+                                  "uncompressed, so this is not a torch checkpoint. Nothing was decompressed.")
+        if not compressed and info.file_size > size:
+            raise CheckpointError(f"{path}: member {info.filename} declares {info.file_size:,} bytes, more than the "
+                                  f"whole file ({size:,}): truncated or corrupt")
+    return [info.filename for info in infos]
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
@@ -72,19 +129,19 @@ def _read_safetensors(path: Path) -> Checkpoint:
     return Checkpoint(state_dict, "safetensors", metadata)
 
 
-def _read_pickle(path: Path) -> Checkpoint:
+def _read_pickle(path: Path, mmap: bool) -> Checkpoint:
+    """A torch pickle through the weights-only loader (numpy numbers allowed); tensors are memory-mapped, so
+    the optimizer state of a training checkpoint is never read into memory, only skipped."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with weights_only_globals():
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to unpickle: it holds objects beyond tensors and plain containers, "
-            f"which could execute code. Nothing from it was run. ({str(e).splitlines()[0]})"
-        ) from e
+        raise CheckpointError(refusal_message(path, e)) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({e})") from e
     fmt = "state_dict"
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj, fmt = obj["state_dict"], "open_clip"
+        obj, fmt = obj["state_dict"], "open_clip"  # a training checkpoint: epoch, optimizer, scaler are dropped
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a CLIP checkpoint (expected a state dict of tensors)")
     if all(k.startswith("module.") for k in obj):
@@ -92,180 +149,81 @@ def _read_pickle(path: Path) -> Checkpoint:
     return Checkpoint(_strip_non_weights(obj), fmt)
 
 
+def refusal_message(path: Path, error: Exception) -> str:
+    """Why a pickle was refused: every global outside the allow-list, found without running the file, and
+    whether each could run code."""
+    try:
+        names = unsafe_globals(path)
+    except Exception:  # noqa: BLE001 - a file too broken to scan: fall back to the unpickler's own complaint
+        names = []
+    found = ("it names " + "; ".join(describe_global(n) for n in names) if names
+             else (str(error).splitlines() or ["it holds objects beyond tensors and plain containers"])[-1].strip())
+    return (f"{path}: refused to unpickle: {found}. clipag rebuilds only tensors, numbers and plain containers "
+            "from a pickle; nothing from this file was run. If you trust the file, load it yourself with "
+            "torch.load(weights_only=False), save its state_dict with safetensors.torch.save_file, and pass that "
+            ".safetensors file instead.")
+
+
 def _strip_non_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state_dict.items() if k not in _NON_WEIGHT_KEYS}
 
 
-class _ScriptObject:
-    """Stands in for any ``__torch__.*`` class: keeps its attributes, runs nothing."""
-
-    def __setstate__(self, state: Any) -> None:
-        self.attributes = state if isinstance(state, dict) else {}
-
-
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
-}
-
-
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
-    return storage.as_strided(size, stride, offset)
-
-
-class _TorchScriptUnpickler(pickle.Unpickler):
-    """Resolves only tensors, storages and containers; every other global is refused."""
-
-    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str) -> None:
-        super().__init__(file)
-        self.archive, self.prefix, self.storages = archive, prefix, {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("__torch__"):
-            return _ScriptObject
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        if module == "collections" and name == "OrderedDict":
-            return dict
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden")
-
-    def persistent_load(self, pid: Any) -> torch.Tensor:
-        _, dtype, key, _location, _numel = pid
-        if key not in self.storages:
-            raw = bytearray(self.archive.read(f"{self.prefix}/data/{key}"))
-            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-        return self.storages[key]
-
-
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     try:
-        with zipfile.ZipFile(path) as archive:
-            data_pkl = next(n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1)
-            prefix = data_pkl.rsplit("/", 1)[0]
-            with archive.open(data_pkl) as f:
-                root = _TorchScriptUnpickler(f, archive, prefix).load()
+        state_dict = read_torchscript_tensors(path)
+        if not state_dict:
+            raise ValueError("the archive holds no tensors")
+        return state_dict
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to read TorchScript archive ({e}); nothing from it was run") from e
+        raise CheckpointError(f"{path}: refused to read TorchScript archive: {e}. Nothing from it was run.") from e
     except (StopIteration, KeyError, zipfile.BadZipFile, EOFError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: truncated or corrupt TorchScript archive ({e!r})") from e
-    state_dict: dict[str, torch.Tensor] = {}
-
-    def walk(obj: _ScriptObject, prefix: str) -> None:
-        for name, value in getattr(obj, "attributes", {}).items():
-            if isinstance(value, torch.Tensor):
-                state_dict[prefix + name] = value.clone()  # own the memory, drop the shared zip buffer
-            elif isinstance(value, _ScriptObject):
-                walk(value, f"{prefix}{name}.")
-
-    walk(root, "")
-    # TorchScript keeps non-persistent tensors (OpenAI's `attn_mask`) as attributes; they are not weights.
-    return {k: v for k, v in state_dict.items() if not k.endswith("attn_mask")}
-
-
-class InertObject:
-    """Stands in for a class a pickle names but that we never import (Lightning callbacks, numpy scalars...).
-
-    Calling it, building it or setting its state only stores the arguments; nothing of the named class runs.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"<inert {type(self).__module__}.{type(self).__qualname__}>"
-
-
-# Modules whose functions run code or touch the system. A pickle naming one of them is an attack, not a
-# checkpoint: refuse it outright. (Safety does not rest on this list: no global outside torch's own
-# weights-only allow-list is ever resolved to a real object. The list turns the attack into an error.)
-_CODE_MODULES = frozenset({
-    "builtins", "__builtin__", "os", "posix", "nt", "subprocess", "sys", "importlib", "runpy", "shutil", "socket",
-    "pickle", "_pickle", "marshal", "types", "code", "codeop", "ctypes", "multiprocessing", "pty", "webbrowser",
-    "functools", "operator", "io", "tempfile", "signal", "threading", "asyncio", "inspect", "pdb", "timeit",
-    "platform", "commands", "popen2", "urllib", "http", "requests",
-})
-
-
-def _allowed_globals() -> dict[str, Any]:
-    """What ``torch.load(weights_only=True)`` itself resolves: tensor and storage rebuilders, dtypes, containers."""
-    from torch import _weights_only_unpickler
-
-    allowed = dict(_weights_only_unpickler._get_allowed_globals())
-    for obj in torch.serialization.get_safe_globals():
-        if not isinstance(obj, tuple):
-            allowed[f"{obj.__module__}.{obj.__qualname__}"] = obj
-    return allowed
-
-
-class _InertUnpickler(pickle.Unpickler):
-    """``find_class`` for torch.load: torch's weights-only globals are real, code modules are refused, and
-    every other class becomes an :class:`InertObject` subclass of the same name (recorded in ``inert``)."""
-
-    allowed: dict[str, Any] = {}
-    inert: dict[str, type] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        full = f"{module}.{name}"
-        if full in self.allowed:
-            return self.allowed[full]
-        root = module.split(".")[0]
-        if root in _CODE_MODULES or module in _CODE_MODULES:
-            raise pickle.UnpicklingError(f"global '{full}' is forbidden: it could execute code")
-        if full not in self.inert:
-            self.inert[full] = type(name, (InertObject,), {"__module__": module, "__qualname__": name})
-        return self.inert[full]
 
 
 def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
     """Unpickle a PyTorch Lightning (or similar training) checkpoint without running any of its code.
 
     Real Lightning 1.x checkpoints pickle the ``ModelCheckpoint`` callback class as a key of ``callbacks``, so
-    ``weights_only=True`` refuses them. Here tensors are rebuilt by torch's own (weights-only) rebuilders, every
-    other named class becomes an inert placeholder, and a pickle that names a code-running function
-    (``os.system``, ``builtins.eval``...) is refused. Returns ``(top-level dict, names of the placeholder
-    classes)``; the caller picks the tensors it needs.
+    ``weights_only=True`` refuses them. :func:`clipag.unpickling.inert_load` rebuilds tensors with torch's own
+    rebuilders, turns every other named class into an inert placeholder, and refuses a pickle that names a
+    code-running function (``os.system``, ``builtins.eval``...). Returns ``(top-level dict, names of the
+    placeholder classes)``; the caller picks the tensors it needs.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint (not a valid torch zip archive)")
-    unpickler = type("InertUnpickler", (_InertUnpickler,), {"allowed": _allowed_globals(), "inert": {}})
-    module = type(pickle)("clipag_inert_pickle")
-    module.Unpickler, module.load, module.__name__ = unpickler, pickle.load, "clipag_inert_pickle"
     try:
-        obj = torch.load(path, map_location="cpu", pickle_module=module, weights_only=False, mmap=True)
+        obj, inert = inert_load(path)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to unpickle ({e}). Nothing from it was run.") from e
+        raise CheckpointError(f"{path}: refused to unpickle: {e}. Nothing from it was run.") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({e})") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a training checkpoint (a {type(obj).__name__}, not a dict)")
-    return obj, sorted(unpickler.inert)
+    return obj, inert
 
 
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
                      metadata: dict[str, Any] | None = None) -> None:
-    """Write ``state_dict`` atomically (temp file + ``os.replace``); non-string metadata is JSON-encoded."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state_dict`` atomically (:func:`clipag.cache.atomic_path`); non-string metadata is JSON-encoded.
+
+    The disk's free space is checked first, and a disk that fills up during the write raises
+    :class:`clipag.cache.DiskFullError` naming ``path`` and the space needed; ``path`` is then left as it was.
+    """
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; weights are meant to be shared like any file
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = Path(path)
+    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + (1 << 20)
+    ensure_space(path, needed)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except (SafetensorError, OSError) as e:
+            if is_disk_full(e):
+                raise DiskFullError(path, needed, None) from e
+            raise
 
 
 def infer_openai_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The ``clipag`` command: models, download, import, run (and generate/prior, see their modules)."""
+"""The ``clipag`` command: models, download, import, run (and generate/prior/export, see their modules)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def _cached(entry: registry.ModelEntry, download_root: str | None) -> bool:
     if entry.hf_repo:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(entry.hf_repo, "open_clip_config.json"), str)
+        config = "config.json" if entry.layout == "transformers" else "open_clip_config.json"
+        return isinstance(try_to_load_from_cache(entry.hf_repo, config), str)
     return (model_dir(entry.name, download_root) / WEIGHTS_NAME).exists()
 
 
@@ -35,7 +36,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"\ncache: {cache_root(args.download_root)}   (CLIPAG_CACHE; Hub repos use the Hugging Face cache)")
     if args.verbose:
         for entry in registry.REGISTRY.values():
-            print(f"\n{entry.name}: {entry.description}\n  embedding space: {entry.embedding_space}")
+            print(f"\n{entry.name}: {entry.description}\n  embedding space: {entry.embedding_space}\n"
+                  f"  threat model: {entry.threat_model}\n  licence: {entry.license}\n"
+                  f"  format: {entry.layout}")
     print("\nNo robust counterpart (not loadable by these names): "
           + ", ".join(registry.OPENAI_NAMES_WITHOUT_COUNTERPART))
     print("\nVQGANs for `clipag vqgan --vqgan NAME` (`clipag download NAME`):\n")
@@ -117,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("run", help="run an unmodified script with `import clip` resolving to clipag")
-    p.add_argument("--model", default=None, help="replace every clip.load name (registry name, hf-hub: id, path)")
+    p.add_argument("--model", default=None, help="replace every clip.load name, and every Hub id given to "
+                                                 "transformers' CLIP from_pretrained (registry name, hf-hub: id, path)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="weight precision off the CPU (default fp16, as OpenAI)")
     p.add_argument("--device", default=None, help="send the script's hard-coded CUDA requests (torch.device('cuda'), "
@@ -141,8 +145,9 @@ def _extra_commands() -> list:
     from .adapters.clipstyler.cli import register_style
     from .adapters.vqgan_clip.cli import register_vqgan
     from .generation_cli import register_generate, register_prior
+    from .hf.cli import register_export
 
-    return [register_generate, register_prior, register_draw, register_vqgan, register_style]
+    return [register_generate, register_prior, register_draw, register_vqgan, register_style, register_export]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (RuntimeError, FileNotFoundError, OSError) as e:
+    except (RuntimeError, OSError, ValueError) as e:  # clipag's errors say what happened and what to do
         print(f"clipag: error: {e}", file=sys.stderr)
         return 1
 

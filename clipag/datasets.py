@@ -2,7 +2,7 @@
 
 Image folders (``root/<class>/<images>``), CSV/TSV files and webdataset shards, with one decode path: both
 commands resize and crop alike, and skip, count and report a missing or undecodable image, a broken tar
-member or a malformed CSV row with the same messages.
+member, a damaged stretch of a shard (``clipag.shards``) or a malformed CSV row with the same messages.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 from PIL import Image
+
+from .shards import tar_records
 
 __all__ = ["IMAGE_EXTENSIONS", "DATASET_TYPES", "guess_dataset_type", "read_image_folder", "read_classnames",
            "read_csv", "class_index", "to_pixels", "decode_image", "shard_sources", "image_bytes", "tar_records",
@@ -167,18 +169,6 @@ def image_bytes(record: dict[str, Any], image_keys: Sequence[str]) -> bytes | No
     return next((record[k] for k in image_keys if k in record), None)
 
 
-def tar_records(url: str, on_error: Callable[[Exception], None] = lambda exn: None) -> Iterator[dict[str, Any]]:
-    """The records of one webdataset shard; broken members are reported, passed to ``on_error`` and skipped."""
-    import webdataset as wds
-
-    def handler(exn: Exception) -> bool:
-        log.warning("skipping unreadable webdataset record (%s: %s)", type(exn).__name__, exn)
-        on_error(exn)
-        return True  # continue with the next record or shard
-
-    return wds.tarfile_samples([{"url": url}], handler=handler)
-
-
 Labelled = tuple[torch.Tensor, int] | None  # (pixels, label), or None for a sample that could not be read
 
 
@@ -217,7 +207,7 @@ class LabelledImages(torch.utils.data.Dataset):
 
 class LabelledShards(torch.utils.data.IterableDataset):
     """Webdataset shards with a class field (``cls``: an index or a class name), read in shard order; loader
-    workers split the shards."""
+    workers split the shards. A damaged stretch of a shard yields ``None`` (one skipped sample) like a bad image."""
 
     def __init__(self, urls: str, size: int, image_keys: str, label_key: str, classnames: Sequence[str]) -> None:
         super().__init__()
@@ -229,8 +219,12 @@ class LabelledShards(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         for shard in self.shards[worker::workers]:
-            for record in tar_records(shard):
+            damaged: list[Exception] = []  # unreadable members and regions: each counts as one skipped sample
+            for record in tar_records(shard, damaged.append):
+                yield from [None] * len(damaged)
+                damaged.clear()
                 yield self.decode(record)
+            yield from [None] * len(damaged)
 
     def decode(self, record: dict[str, Any]) -> Labelled:
         name = f"{record.get('__url__')}:{record.get('__key__')}"

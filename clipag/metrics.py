@@ -24,10 +24,13 @@ def _plain(value: Any) -> Any:
 class MetricsWriter:
     """Appends one JSON object per call to ``path``; mirrors numeric values to TensorBoard if asked.
 
-    Lines are flushed at once so a killed run keeps everything it logged; a resumed run appends.
+    Lines are flushed at once so a killed run keeps everything it logged; a resumed run appends (``clipag.finetune``
+    first moves aside what the interrupted run logged after its last checkpoint).
     """
 
-    def __init__(self, path: str | os.PathLike | None, tensorboard_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | None, tensorboard_dir: str | os.PathLike | None = None,
+                 purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run's first step; TensorBoard hides what earlier writers logged from there on."""
         self.path = Path(path) if path else None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +40,7 @@ class MetricsWriter:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:  # tensorboard is in the [train] extra
                 raise RuntimeError("--tensorboard needs the tensorboard package: pip install 'clipag[train]'") from e
-            self.tb = SummaryWriter(str(tensorboard_dir))
+            self.tb = SummaryWriter(str(tensorboard_dir), purge_step=purge_step)
 
     def write(self, record: dict[str, Any], step: int | None = None) -> None:
         record = {k: _plain(v) for k, v in record.items()}

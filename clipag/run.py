@@ -4,7 +4,8 @@ Scripts do ``import clip`` (openai/CLIP) or ``from CLIP import clip`` (VQGAN-CLI
 ``CLIP/``). Pre-seeding ``sys.modules`` makes both imports find clipag before any file on disk. The
 same run can remap hard-coded CUDA (:mod:`clipag.device_remap`) and arm import stand-ins for
 dependencies that no longer build (:mod:`clipag.standins`); both act process-wide, so modules the
-script imports (CLIPDraw's drivers import ``predict.py``) are covered too.
+script imports (CLIPDraw's drivers import ``predict.py``) are covered too. With transformers installed,
+``from_pretrained`` of transformers' CLIP classes loads clipag's model as well (:mod:`clipag.hf.run_hooks`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import os
 import runpy
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
-from . import device_remap, loader, registry, standins, tokenizer
+from . import device_remap, loader, registry, standins, tokenizer, weights
 
-__all__ = ["clip_module", "install_clip_aliases", "run_script"]
+__all__ = ["clip_module", "install_clip_aliases", "install_open_clip_reader", "run_script"]
 
 
 def clip_module(model: str | None = None) -> types.ModuleType:
@@ -59,6 +61,34 @@ def install_clip_aliases(model: str | None = None) -> types.ModuleType:
     return module
 
 
+def install_open_clip_reader() -> None:
+    """Route open_clip's checkpoint reader through clipag's, for the script ``clipag run`` runs.
+
+    CLIPAG's official loading code is ``open_clip.create_model_and_transforms('ViT-B/32', pretrained=FILE)``.
+    On torch >= 2.6 open_clip reads FILE with ``weights_only=True``, which refuses CLIPAG's file (numpy numbers
+    in its optimizer state); the usual workaround, ``weights_only=False``, would run any code in it. Here the
+    file is read by :func:`clipag.weights.read_local_checkpoint` instead: nothing in it runs, numpy numbers are
+    accepted, and a pickle is converted once to safetensors in the cache. Outside ``clipag run`` open_clip is
+    left alone.
+    """
+    import open_clip.factory as factory
+
+    if getattr(factory.load_state_dict, "clipag_reader", False):
+        return
+    original = factory.load_state_dict
+
+    def load_state_dict(checkpoint_path: Any, device: Any = "cpu", weights_only: bool = True) -> Any:
+        path = Path(checkpoint_path)
+        if path.suffix in (".npz", ".npy") or not path.is_file():  # big_vision weights; open_clip's own errors
+            return original(checkpoint_path, device=device, weights_only=weights_only)
+        print(f"[clipag] open_clip reads {path} through clipag's safe reader (no code in it runs)", file=sys.stderr)
+        state_dict = weights.read_local_checkpoint(path, None).state_dict
+        return {k: v.to(device) for k, v in state_dict.items()}
+
+    load_state_dict.clipag_reader = True  # type: ignore[attr-defined]
+    factory.load_state_dict = load_state_dict
+
+
 def run_script(script: str, args: list[str], model: str | None = None, device: str | None = None,
                standin_modes: dict[str, str] | None = None) -> None:
     """Run ``script`` as ``python script args...`` would: ``__main__``, ``sys.argv`` and ``sys.path[0]``.
@@ -71,6 +101,10 @@ def run_script(script: str, args: list[str], model: str | None = None, device: s
     if device is not None:
         device_remap.install(device)
     install_clip_aliases(model)
+    install_open_clip_reader()
+    from .hf.run_hooks import install as install_transformers_hooks
+
+    install_transformers_hooks(model)  # transformers' CLIP from_pretrained -> clipag (when transformers is installed)
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     try:

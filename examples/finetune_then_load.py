@@ -32,10 +32,13 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=500, help="held-out synthetic images to evaluate on")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest for 32 px models)")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/finetune-then-load"))
+    parser.add_argument("--overwrite", action="store_true", help="run again into a used --output-dir (the earlier "
+                                                                  "runs move to its replaced/ folders)")
     args = parser.parse_args()
 
     common = ["--batch-size", str(args.batch_size), "--warmup", "10", "--workers", "0", "--threads", str(args.threads),
-              "--eval-data", "synthetic", "--eval-samples", str(args.eval_samples), "--no-progress"]
+              "--eval-data", "synthetic", "--eval-samples", str(args.eval_samples), "--no-progress",
+              *(["--overwrite"] if args.overwrite else [])]
     start = args.model
     if start is None:
         pretrained = train(["--model", "clipag-tiny-32px", "--unlock-text", "--epsilon", "0", "--lr", "2e-3",

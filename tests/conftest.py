@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.server
+import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     ignore_range = False
     requests: list[dict] = []
+    seconds_per_mb = 0.0  # > 0 slows responses down, so that concurrent clients overlap
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -79,18 +82,24 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         if not path.is_file():
             self.send_error(404)
             return
-        data = path.read_bytes()
+        size = path.stat().st_size
         header = self.headers.get("Range")
         type(self).requests.append({"path": self.path, "range": header})
         start = int(header.split("=")[1].split("-")[0]) if header and not self.ignore_range else 0
-        if start >= len(data) and header:
+        if start >= size and header:
             self.send_response(416)
             self.end_headers()
             return
         self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(data) - start))
+        self.send_header("Content-Length", str(size - start))
         self.end_headers()
-        self.wfile.write(data[start:])
+        with open(path, "rb") as f:  # streamed: the real-size replicas are 1.3 GB
+            f.seek(start)
+            if not self.seconds_per_mb:
+                shutil.copyfileobj(f, self.wfile, 1 << 20)
+            while self.seconds_per_mb and (chunk := f.read(1 << 18)):
+                self.wfile.write(chunk)
+                time.sleep(self.seconds_per_mb / 4)
 
 
 @pytest.fixture

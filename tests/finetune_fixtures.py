@@ -58,6 +58,18 @@ def make_shards(root: Path, shards: int = 2, per_shard: int = 6, corrupt: tuple[
     return str(root / f"{{00000..{shards - 1:05d}}}.tar")
 
 
+def break_header(shard: Path, member: str) -> None:
+    """Spoil the checksum of ``member``'s own header block (the one after any pax header), as a bad disk
+    sector or a bad copy would: Python's tarfile then reads the shard as ending there."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        header = tar.getmember(member).offset_data - 512
+    data = bytearray(shard.read_bytes())
+    data[header + 148:header + 156] = b"0000000\0"  # the checksum field
+    shard.write_bytes(bytes(data))
+
+
 def make_csv(root: Path, rows: int = 6) -> Path:
     source = SyntheticImages(3, 32)
     (root / "images").mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,9 @@ def test_models_lists_registry_and_cache(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ViT-B/32" in result.stdout and "zenodo.org/records/10446026" in result.stdout
     assert "chs20/fare2-clip" in result.stdout and "QuickGELU" in result.stdout
+    assert "hf-hub:LEAF-CLIP/CLIP-ViT-L-FARE2" in result.stdout and "licence: MIT (Hub model card)" in result.stdout
+    assert "threat model: image tower: FARE, L-inf eps=2/255" in result.stdout
+    assert "format: transformers" in result.stdout
     assert str(tmp_path / "cache") in result.stdout
     assert "RN50" in result.stdout  # OpenAI names with no counterpart are listed as such
     assert "vqgan_imagenet_f16_16384" in result.stdout and "vqgan_gumbel_f8_8192" in result.stdout  # VQGANs too
@@ -39,10 +42,10 @@ def test_help_lists_every_command_without_importing_torch():
             "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
             "    cli.main(['--help'])\n"
             "print(out.getvalue())\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+            "print('TORCH' if 'torch' in sys.modules or 'transformers' in sys.modules else 'NO-TORCH')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for command in ("generate", "draw", "vqgan", "style", "run", "download"):
+    for command in ("generate", "draw", "vqgan", "style", "run", "download", "export"):
         assert command in result.stdout
     assert result.stdout.strip().endswith("NO-TORCH")
 
@@ -50,7 +53,7 @@ def test_help_lists_every_command_without_importing_torch():
 def test_download_offline_is_actionable(tmp_path):
     result = _run(["download", "ViT-B/32"], tmp_path, CLIPAG_OFFLINE="1")
     assert result.returncode == 1
-    assert "offline mode is on" in result.stderr and "clipag import ViT-B/32 FILE" in result.stderr
+    assert "offline mode is on" in result.stderr and "clipag import ViT-B/32 CLIPAG_ViTB32.pt" in result.stderr
 
 
 def test_import_rejects_wrong_file(tmp_path):

@@ -7,7 +7,8 @@ import os
 
 import pytest
 import torch
-from hub_fixtures import TINY_OPEN_CLIP, tiny_open_clip_state_dict
+from hub_fixtures import TINY_OPEN_CLIP
+from replicas import open_clip_2023_checkpoint
 
 import clipag
 from clipag import registry
@@ -95,9 +96,8 @@ def tiny_entry(http_server, tmp_path, monkeypatch):
     (config_dir / "tiny-test.json").write_text(json.dumps(TINY_OPEN_CLIP))
     open_clip.add_model_config(config_dir)
     url, served, handler = http_server
-    state_dict = tiny_open_clip_state_dict(seed=7)
-    torch.save({"epoch": 2, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in state_dict.items()}},
-               served / "tiny.pt")
+    # written as open_clip's 2023 training loop wrote CLIPAG's file (numpy learning rates, optimizer, scaler)
+    state_dict = open_clip_2023_checkpoint(served / "tiny.pt", TINY_OPEN_CLIP, seed=7, batch=2)
     entry = dataclasses.replace(registry.REGISTRY["ViT-B/32"], name="Tiny/32", arch="tiny-test", filename="tiny.pt",
                                 url=f"{url}/tiny.pt", size=(served / "tiny.pt").stat().st_size)
     monkeypatch.setitem(registry.REGISTRY, entry.name, entry)
@@ -162,7 +162,8 @@ def test_changed_upstream_file_fails_recorded_hash(tiny_entry, isolated_caches, 
 
 def test_offline_registry_miss_is_actionable(tiny_entry):
     entry = tiny_entry[0]
-    with pytest.raises(OfflineError, match=r"clipag download Tiny/32.*clipag import Tiny/32 FILE"):
+    with pytest.raises(OfflineError,
+                       match=r"clipag download Tiny/32.*clipag import Tiny/32 tiny\.pt.*clipag\.demo --quick"):
         clipag.load(entry.name, device="cpu")
 
 

@@ -178,3 +178,28 @@ def test_eval_reads_webdataset_shards_with_a_class_field(tmp_path, tiny_export):
     assert [r.getMessage().split(": ")[-1] for r in warned] == ["no image (jpg/jpeg/png/webp) or label (cls)"]
     first, _, _ = eval_batches(str(tmp_path / "00000.tar"), 32, 4, samples=3, classnames=str(tmp_path / "names.txt"))
     assert sum(len(labels) for _, labels, _ in first) == 3
+
+
+def test_eval_counts_a_corrupt_tar_header_mid_shard(tmp_path, tiny_export):
+    """Eval reads shards with finetune's reader: a bad header is a skipped sample and a warning, not an early end
+    that drops every later sample from the accuracy without a word."""
+    import webdataset as wds
+    from finetune_fixtures import break_header, png
+
+    from clipag.finetune.synthetic import SyntheticImages
+
+    source = SyntheticImages(3, 32)
+    shard = tmp_path / "00000.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        for i in range(8):
+            pixels, _, label = source.item(i)
+            sink.write({"__key__": f"{i:05d}", "cls": str(label), "png": png(pixels)})  # cls first, png last
+    break_header(shard, "00003.png")
+    (tmp_path / "names.txt").write_text("\n".join(source.classnames))
+    with data_warnings() as warned:
+        batches, _, _ = eval_batches(str(shard), 32, 16, classnames=str(tmp_path / "names.txt"))
+        (labels, skipped), = [(labels.tolist(), skipped) for _, labels, skipped in batches]
+    assert labels == [source.item(i)[2] for i in (0, 1, 2, 4, 5, 6, 7)]  # all but sample 3, whose image was lost
+    assert skipped == 2  # the damaged stretch, and sample 3's label left without its image
+    messages = [r.getMessage() for r in warned]
+    assert any(str(shard) in m and "bad tar header at byte" in m for m in messages), messages

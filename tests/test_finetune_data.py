@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from finetune_fixtures import make_csv, make_image_folder, make_shards
+from finetune_fixtures import break_header, make_csv, make_image_folder, make_shards
 
 from clipag.finetune.data import build_source, make_loader
 
@@ -120,3 +120,38 @@ def test_fewer_shards_than_ranks_is_still_a_clear_error(tmp_path):
     for workers in (0, 4):
         with pytest.raises(ValueError, match="2 shards cannot feed 4 ranks.*--dataset-resampled"):
             fit_workers(source, world_size=4, workers=workers)
+
+
+def test_a_corrupt_tar_header_mid_shard_is_skipped_counted_and_named(tmp_path, caplog):
+    """Python's tarfile reads a bad header as the end of the archive: samples 5-7 used to vanish unreported."""
+    from clipag.finetune.synthetic import SyntheticImages
+    from clipag.tokenizer import tokenize
+
+    urls = make_shards(tmp_path / "shards", shards=1, per_shard=8)
+    shard = tmp_path / "shards" / "00000.tar"
+    break_header(shard, "000000004.jpg")
+    source = build_source(_args(dataset_type="webdataset", train_data=urls, augment=False), 32, 16)
+    with caplog.at_level(logging.WARNING, logger="clipag.data"):
+        (batch,) = _take(source, 1, batch=7)  # 8 records, sample 4 lost its image: epoch 0 is exactly 7 items
+    assert int(batch["skipped"]) == 2  # the damaged stretch, and sample 4's caption left without its image
+    damaged = [r.getMessage() for r in caplog.records if "damaged webdataset shard" in r.getMessage()]
+    assert len(damaged) == 1 and str(shard) in damaged[0] and "bad tar header at byte" in damaged[0]
+    images = SyntheticImages(4, 32)  # make_shards captions sample i "<its synthetic caption> number i"
+    expected = {tuple(tokenize([f"{images.item(i)[1]} number {i}"], 16)[0].tolist()) for i in (0, 1, 2, 3, 5, 6, 7)}
+    assert {tuple(t.tolist()) for t in batch["tokens"]} == expected  # everything after the bad header was read
+
+
+def test_a_shard_cut_at_a_member_boundary_is_reported(tmp_path, caplog):
+    """A shard that ends cleanly between members (no end-of-archive marker) used to read as complete."""
+    import tarfile
+
+    urls = make_shards(tmp_path / "shards", shards=1, per_shard=8)
+    shard = tmp_path / "shards" / "00000.tar"
+    with tarfile.open(shard) as tar:
+        cut = tar.getmember("000000004.jpg").offset
+    shard.write_bytes(shard.read_bytes()[:cut])
+    source = build_source(_args(dataset_type="webdataset", train_data=urls), 32, 16)
+    with caplog.at_level(logging.WARNING, logger="clipag.data"):
+        (batch,) = _take(source, 1, batch=4)
+    assert int(batch["skipped"]) == 1
+    assert f"{shard}: no end-of-archive marker after byte {cut}" in caplog.text

@@ -199,6 +199,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert full.keys() == again.keys()
     for key in full:
         torch.testing.assert_close(again[key], full[key], rtol=0, atol=1e-6, msg=key)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 30  # one timeline: what the killed run logged later moved aside
     checkpoint = torch.load(checkpoints / "step_00000030.pt", weights_only=True)  # no pickled objects
     assert {"model", "optimizer", "scaler", "scheduler", "step", "data", "rng"} <= checkpoint.keys()
 
@@ -220,3 +222,7 @@ def test_torchrun_two_ranks_hold_identical_weights(tmp_path):
     exported = load_file(str(out / "export" / "open_clip_model.safetensors"))
     assert done["weight_digests"][0] == _digest(exported)
     assert records[0]["samples_seen"] == 2 * 8 * 2 * 2  # ranks × batch × accumulation × steps
+    # rank 0 plans the output folder and every rank follows: its refusal stops both ranks, none waits forever
+    again = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode != 0 and f"{out} already holds a run" in again.stderr

@@ -104,10 +104,13 @@ def test_every_entry_is_documented():
 
     for entry in registry.REGISTRY.values():
         assert entry.description and entry.embedding_space and entry.source
+        assert entry.license and entry.threat_model and entry.layout in ("open_clip", "transformers")
         assert isinstance(entry.quick_gelu, bool)
         assert entry.arch in open_clip.list_models()
         assert entry.preprocess["mean"] and entry.preprocess["std"]
     clipag_entry = registry.REGISTRY["ViT-B/32"]
     assert clipag_entry.size == 1_310_567_621 and "zenodo.org/records/10446026" in clipag_entry.url
     assert clipag_entry.arch == "ViT-B-32" and clipag_entry.quick_gelu is False
-    assert all(e.hf_repo.startswith("chs20/") for e in registry.REGISTRY.values() if e.hf_repo)
+    assert all(e.hf_repo.startswith(("chs20/", "LEAF-CLIP/")) for e in registry.REGISTRY.values() if e.hf_repo)
+    leaf = registry.REGISTRY["LEAF-FARE2-ViT-L/14"]
+    assert leaf.hf_repo == "LEAF-CLIP/CLIP-ViT-L-FARE2" and leaf.layout == "transformers" and leaf.quick_gelu

@@ -53,8 +53,9 @@ def _fake_lightning() -> dict[str, types.ModuleType]:
 
 def write_lightning_ckpt(path: Path, state_dict: dict[str, torch.Tensor], prefix: str = "",
                          extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """A checkpoint laid out as Lightning 1.x saves taming's: loss weights beside the model's, optimizer
-    state, counters, and the ModelCheckpoint class pickled as a dict key."""
+    """A re-enactment of the ``last.ckpt`` taming's training wrote through Lightning 1.x (which does not install
+    beside torch 2.14): loss weights (LPIPS, discriminator) beside the model's, optimizer state, counters, and the
+    ``ModelCheckpoint`` class pickled by reference as a key of ``callbacks``, as Lightning 1.x does."""
     modules = _fake_lightning()
     saved = {name: sys.modules.get(name) for name in modules}
     sys.modules.update(modules)

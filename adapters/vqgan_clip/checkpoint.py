@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from clipag.cache import cache_lock, converted_path, source_identity
 from clipag.checkpoints import CheckpointError, read_checkpoint, read_lightning_checkpoint, save_safetensors
-from clipag.hub import converted_path
 
 __all__ = ["read_model_tensors", "load_model_weights", "summarize_keys"]
 
@@ -49,7 +49,8 @@ def read_model_tensors(path: str | os.PathLike, wanted: set[str], download_root:
     """The tensors of ``path`` named in ``wanted`` (as many as it has), and what was left out.
 
     ``.safetensors`` files are read directly. Pickled checkpoints are unpickled inertly once and their wanted
-    tensors cached as safetensors (keyed by path, size, mtime and the wanted names); later calls read the cache.
+    tensors cached as safetensors (per file and wanted names, reused while the file is unchanged:
+    :func:`clipag.cache.source_identity`); later calls read the cache.
     ``cache_to`` converts to that file instead (the registry's cache folder), always reading the pickle.
     """
     path = Path(path)
@@ -61,18 +62,21 @@ def read_model_tensors(path: str | os.PathLike, wanted: set[str], download_root:
         return {k: v for k, v in state_dict.items() if k in wanted}, {"ignored": ignored, "inert": []}
     tag = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16]
     cached = cache_to or converted_path(path, download_root, tag=f":vqgan:{tag}")
-    if cache_to is None and cached.exists():
-        try:
-            checkpoint = read_checkpoint(cached)
-            return checkpoint.state_dict, json.loads(checkpoint.metadata["clipag_report"])
-        except (CheckpointError, KeyError, ValueError) as e:
-            warnings.warn(f"{cached}: {e}; converting {path} again", stacklevel=3)
-    obj, inert = read_lightning_checkpoint(path)
-    state_dict = _state_dict_of(obj, path)
-    report = {"ignored": sorted(set(state_dict) - wanted), "inert": inert,
-              "extras": sorted(str(k) for k in obj if k != "state_dict")}
-    kept = {k: v for k, v in state_dict.items() if k in wanted}
-    save_safetensors(kept, cached, {"clipag_report": report, "source": str(path)})
+    identity = source_identity(path)
+    with cache_lock(cached, f"converting {path.name}"):
+        if cache_to is None and cached.exists():
+            try:
+                checkpoint = read_checkpoint(cached)
+                if checkpoint.metadata.get("source_identity") == identity:  # the same file, not a replaced one
+                    return checkpoint.state_dict, json.loads(checkpoint.metadata["clipag_report"])
+            except (CheckpointError, KeyError, ValueError) as e:
+                warnings.warn(f"{cached}: {e}; converting {path} again", stacklevel=3)
+        obj, inert = read_lightning_checkpoint(path)
+        state_dict = _state_dict_of(obj, path)
+        report = {"ignored": sorted(set(state_dict) - wanted), "inert": inert,
+                  "extras": sorted(str(k) for k in obj if k != "state_dict")}
+        kept = {k: v for k, v in state_dict.items() if k in wanted}
+        save_safetensors(kept, cached, {"clipag_report": report, "source": str(path), "source_identity": identity})
     return kept, report
 
 

@@ -1,11 +1,11 @@
 """The VQGANs VQGAN-CLIP's ``download_models.sh`` offers, fetched once into clipag's cache as safetensors.
 
 Each name gets ``<cache>/vqgan/<name>/{config.yaml, model.safetensors, source.json}``. Downloads go through
-:func:`clipag.hub.download_url` (resume, progress, size/sha256 checks, atomic rename). No publisher states a
-checksum for these files, so the first download records the sha256 (trust on first use) and a later download
-must match it. The Lightning ``.ckpt`` is read once without executing its pickle, its VQGAN weights are kept,
-and it is deleted. The COCO, FacesHQ and S-FLCKR releases are transformer checkpoints: only their first stage
-(the VQGAN) is kept.
+:func:`clipag.hub.fetch_and_convert` (a folder lock, resume, progress, size/sha256 checks on disk, atomic
+rename). No publisher states a checksum for these files, so the first download records the sha256 (trust on
+first use) and a later download must match it. The Lightning ``.ckpt`` is read once without executing its
+pickle, its VQGAN weights are kept, and it is deleted. The COCO, FacesHQ and S-FLCKR releases are transformer
+checkpoints: only their first stage (the VQGAN) is kept.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipag.hub import OfflineError, cache_root, download_url, is_offline, read_json, sha256_of, write_json_atomic
+from clipag.cache import atomic_path, cache_lock, cache_root, read_json, write_json_atomic
+from clipag.hub import OfflineError, download_url, fetch_and_convert, is_offline, sha256_of
 
 __all__ = ["VQGANEntry", "VQGANS", "vqgan_dir", "fetch_vqgan", "import_vqgan", "cached_vqgan", "unknown_vqgan_error"]
 
@@ -87,7 +88,10 @@ def _how_to_get(entry: VQGANEntry, folder: Path) -> str:
 
 def import_vqgan(name: str, checkpoint: str | os.PathLike, config: str | os.PathLike | None = None,
                  download_root: str | os.PathLike | None = None, known_sha256: str | None = None) -> Path:
-    """Verify a downloaded ``.ckpt`` (+ its yaml), keep its VQGAN weights as safetensors in the cache folder."""
+    """Verify a downloaded ``.ckpt`` (+ its yaml), keep its VQGAN weights as safetensors in the cache folder.
+
+    Under the folder's inter-process lock; ``source.json`` is written last, so a folder is complete or ignored.
+    """
     from clipag.checkpoints import CheckpointError
 
     from .checkpoint import load_model_weights, read_model_tensors, summarize_keys
@@ -97,41 +101,48 @@ def import_vqgan(name: str, checkpoint: str | os.PathLike, config: str | os.Path
     if entry is None:
         raise unknown_vqgan_error(name)
     folder = vqgan_dir(name, download_root)
-    folder.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(checkpoint)
-    if config is not None and Path(config).resolve() != (folder / CONFIG_FILE).resolve():
-        shutil.copyfile(config, folder / f".{CONFIG_FILE}.tmp")
-        os.replace(folder / f".{CONFIG_FILE}.tmp", folder / CONFIG_FILE)
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"no config for {name}: pass its yaml ({entry.config_url}) with --config")
-    source = read_json(folder / SOURCE_FILE)
-    size = checkpoint.stat().st_size
-    if entry.checkpoint_size is not None and size != entry.checkpoint_size:
-        raise CheckpointError(f"{checkpoint}: {size} bytes, but {name} is {entry.checkpoint_size}: truncated or "
-                              "a different file")
-    sha = known_sha256 or sha256_of(checkpoint, progress=True)
-    expected = entry.checkpoint_sha256 or source.get("sha256")
-    if expected and sha != expected:
-        raise CheckpointError(f"{checkpoint}: sha256 {sha} differs from {expected} "
-                              f"({'pinned' if entry.checkpoint_sha256 else 'recorded at first download'})")
-    model = build_from_config(load_config(folder / CONFIG_FILE)["model"])
-    weights = folder / WEIGHTS_FILE
-    _, report = read_model_tensors(checkpoint, set(model.state_dict()), download_root, cache_to=weights)
-    try:
-        load_model_weights(model, weights)  # proves the kept tensors fit the config before the folder is complete
-    except CheckpointError:
-        weights.unlink(missing_ok=True)
-        raise
-    write_json_atomic(folder / SOURCE_FILE, {
-        "name": name, "url": entry.checkpoint_url, "config_url": entry.config_url, "size": size, "sha256": sha,
-        "sha256_pinned": bool(entry.checkpoint_sha256), "config_sha256": sha256_of(folder / CONFIG_FILE),
-        "safetensors_size": weights.stat().st_size, "ignored": summarize_keys(report.get("ignored", [])),
-    })
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such file to import as {name}")
+    with cache_lock(folder, f"importing {name}"):
+        if config is not None and Path(config).resolve() != (folder / CONFIG_FILE).resolve():
+            with atomic_path(folder / CONFIG_FILE) as tmp:
+                shutil.copyfile(config, tmp)
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"no config for {name}: pass its yaml ({entry.config_url}) with --config")
+        source = read_json(folder / SOURCE_FILE)
+        size = checkpoint.stat().st_size
+        if entry.checkpoint_size is not None and size != entry.checkpoint_size:
+            raise CheckpointError(f"{checkpoint}: {size} bytes, but {name} is {entry.checkpoint_size}: truncated or "
+                                  "a different file")
+        sha = known_sha256 or sha256_of(checkpoint, progress=True)
+        expected = entry.checkpoint_sha256 or source.get("sha256")
+        if expected and sha != expected:
+            raise CheckpointError(f"{checkpoint}: sha256 {sha} differs from {expected} "
+                                  f"({'pinned' if entry.checkpoint_sha256 else 'recorded at first download'})")
+        model = build_from_config(load_config(folder / CONFIG_FILE)["model"])
+        weights = folder / WEIGHTS_FILE
+        _, report = read_model_tensors(checkpoint, set(model.state_dict()), download_root, cache_to=weights)
+        try:
+            load_model_weights(model, weights)  # proves the kept tensors fit the config before the folder is complete
+        except CheckpointError:
+            weights.unlink(missing_ok=True)
+            raise
+        write_json_atomic(folder / SOURCE_FILE, {
+            "name": name, "url": entry.checkpoint_url, "config_url": entry.config_url, "size": size, "sha256": sha,
+            "sha256_pinned": bool(entry.checkpoint_sha256), "config_sha256": sha256_of(folder / CONFIG_FILE),
+            "safetensors_size": weights.stat().st_size, "ignored": summarize_keys(report.get("ignored", [])),
+        })
     return folder
 
 
 def fetch_vqgan(name: str, download_root: str | os.PathLike | None = None, progress: bool = True) -> tuple[Path, Path]:
-    """``(config.yaml, model.safetensors)`` of a registry VQGAN, downloading and converting it on first use."""
+    """``(config.yaml, model.safetensors)`` of a registry VQGAN, downloading and converting it on first use.
+
+    Any number of processes may ask at once: one downloads and converts under the folder's lock, the others wait.
+    A verified download whose conversion was interrupted (killed, disk full) is converted without downloading it
+    again (:func:`clipag.hub.fetch_and_convert`).
+    """
     entry = VQGANS.get(name)
     if entry is None:
         raise unknown_vqgan_error(name)
@@ -142,13 +153,17 @@ def fetch_vqgan(name: str, download_root: str | os.PathLike | None = None, progr
     if is_offline():
         raise OfflineError(f"VQGAN {name} is not in the cache ({folder}) and offline mode is on "
                            "(HF_HUB_OFFLINE/CLIPAG_OFFLINE). " + _how_to_get(entry, folder))
-    source = read_json(folder / SOURCE_FILE)
-    download_url(entry.config_url, folder / CONFIG_FILE, sha256=source.get("config_sha256"), progress=progress)
-    ckpt = folder / "last.ckpt"
-    sha = download_url(entry.checkpoint_url, ckpt, size=entry.checkpoint_size,
-                       sha256=entry.checkpoint_sha256 or source.get("sha256"), progress=progress)
-    import_vqgan(name, ckpt, download_root=download_root, known_sha256=sha)
-    ckpt.unlink()  # converted: the pickle is never read again
+    done = lambda: cached_vqgan(name, download_root) is not None  # noqa: E731
+    with cache_lock(folder, f"downloading VQGAN {name}"):
+        if not done():  # another process may have finished while we waited
+            source = read_json(folder / SOURCE_FILE)
+            download_url(entry.config_url, folder / CONFIG_FILE, sha256=source.get("config_sha256"),
+                         progress=progress, advice=_how_to_get(entry, folder), lock=False)
+        fetch_and_convert(folder, entry.checkpoint_url, "last.ckpt", size=entry.checkpoint_size,
+                          sha256=entry.checkpoint_sha256, what=f"VQGAN {name}", progress=progress,
+                          advice=_how_to_get(entry, folder), done=done,
+                          convert=lambda ckpt, sha: import_vqgan(name, ckpt, download_root=download_root,
+                                                                 known_sha256=sha))
     result = cached_vqgan(name, download_root)
     if result is None:
         raise RuntimeError(f"{folder}: conversion finished but the cache folder is incomplete")

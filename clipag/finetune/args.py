@@ -135,10 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--seed", type=int, default=0, source="open_clip_train", help="seed (ranks use seed+rank for attacks)")
 
     g = p.add_argument_group("run, checkpoints, logging")
-    add(g, "--output-dir", default="runs/finetune", source="clipag", help="checkpoints, metrics, export")
-    add(g, "--resume", default=None, source="clipag: start fresh", help="'latest' or a checkpoint path")
+    add(g, "--output-dir", default="runs/finetune", source="clipag",
+        help="checkpoints, metrics, export: one run per folder. A folder that already holds a run is refused "
+             "without --resume (the message says what it holds); one process at a time (OUTPUT_DIR/.lock)")
+    add(g, "--resume", default=None, source="clipag: start fresh",
+        help="'latest': the newest checkpoint of this folder's run (starts fresh if there is none; never another "
+             "run's or branch's); or a checkpoint path: an older one of this run starts a new branch there (needs "
+             "--overwrite), one from elsewhere starts a new run from it")
+    add(g, "--overwrite", default=False, action="store_true", source="clipag: refuse",
+        help="let a new run, or a branch from an older --resume checkpoint, replace what it finds in --output-dir: "
+             "those files move to OUTPUT_DIR/replaced/TIME/, never deleted")
     add(g, "--save-every", type=int, default=1000, source="clipag", help="checkpoint every N steps (and at the end)")
-    add(g, "--keep-checkpoints", type=int, default=2, source="clipag", help="newest checkpoints kept")
+    add(g, "--keep-checkpoints", type=int, default=2, source="clipag",
+        help="newest checkpoints of the run's own history kept (never the one just written, nor another run's)")
     add(g, "--log-every", type=int, default=10, source="clipag", help="write metrics every N steps")
     add(g, "--tensorboard", default=False, action="store_true", source="clipag",
         help="also log to OUTPUT_DIR/tensorboard")

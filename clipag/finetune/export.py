@@ -18,7 +18,9 @@ from ..checkpoints import save_safetensors
 from ..hub import write_json_atomic
 from ..weights import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
 
-__all__ = ["export_model", "push_to_hub"]
+__all__ = ["export_model", "push_to_hub", "exported_run", "EXPORT_KEY"]
+
+EXPORT_KEY = "clipag_finetune"  # safetensors metadata: {"step", "branch"} of the run that wrote the weights
 
 _CARD = """---
 library_name: open_clip
@@ -45,11 +47,14 @@ model, preprocess = clip.load("{load_name}")
 
 
 def export_model(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any],
-                 folder: str | os.PathLike, info: dict[str, Any] | None = None) -> Path:
-    """Write the Hub-layout folder (atomically per file) and return it."""
+                 folder: str | os.PathLike, info: dict[str, Any] | None = None,
+                 run: dict[str, Any] | None = None) -> Path:
+    """Write the Hub-layout folder (atomically per file) and return it; ``run`` (``{"step", "branch"}``) is kept
+    in the weights' metadata, so a resumed run can tell an up-to-date export from a stale one."""
     folder = Path(folder)
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    save_safetensors(state, folder / WEIGHTS_NAME, metadata={CONFIG_METADATA_KEY: model_cfg, "format": "pt"})
+    metadata = {CONFIG_METADATA_KEY: model_cfg, "format": "pt", **({EXPORT_KEY: run} if run else {})}
+    save_safetensors(state, folder / WEIGHTS_NAME, metadata=metadata)
     write_json_atomic(folder / CONFIG_NAME, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
     if info is not None:
         fields = {"title": folder.name, "load_name": str(folder), "pretrained": "none", "objective": "contrastive",
@@ -57,6 +62,22 @@ def export_model(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_c
                   "global_batch": 0, "data": "", "text": "frozen", **info}
         (folder / "README.md").write_text(_CARD.format(**fields), encoding="utf-8")
     return folder
+
+
+def exported_run(folder: str | os.PathLike) -> tuple[int, str | None] | None:
+    """``(step, branch)`` of the weights in an export folder, if it is complete and says so (exports written
+    before run ids existed, or by hand, do not: ``None``, i.e. not known to be current)."""
+    from safetensors import safe_open
+
+    weights = Path(folder) / WEIGHTS_NAME
+    if not (weights.is_file() and (Path(folder) / CONFIG_NAME).is_file()):
+        return None
+    try:
+        with safe_open(str(weights), "pt") as f:
+            info = json.loads((f.metadata() or {})[EXPORT_KEY])
+        return int(info["step"]), info["branch"]
+    except Exception:  # no such metadata, or a damaged file
+        return None
 
 
 def push_to_hub(folder: str | os.PathLike, repo: str, private: bool = False,

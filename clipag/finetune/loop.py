@@ -23,7 +23,7 @@ from ..eval import PixelCLIP, eval_batches, evaluate, load_templates, zero_shot_
 from ..metrics import MetricsWriter
 from ..model import load_weights
 from ..tokenizer import tokenize
-from . import checkpoint, distributed
+from . import checkpoint, distributed, rundir
 from .args import from_scratch, parse_args
 from .build import Precision, create_model, epsilon_at, lr_at, param_groups
 from .data import build_source, fit_workers, make_loader
@@ -91,11 +91,22 @@ def weight_digests(model: torch.nn.Module, d: distributed.Dist) -> list[str]:
 
 
 def _run(args: Any, d: distributed.Dist) -> TrainResult:
+    """Claim and plan the output folder (``rundir``: one run per folder, nothing replaced silently), then train."""
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    plan = rundir.prepare(args, out, d)
+    try:
+        return _train(args, d, out, plan)
+    finally:
+        plan.release()
+
+
+def _train(args: Any, d: distributed.Dist, out: Path, plan: rundir.Plan) -> TrainResult:
     if args.threads:
         torch.set_num_threads(args.threads)
     _setup_logging(out, d.main)
+    for level, note in plan.notes if d.main else ():
+        log.log(level, note)
     if d.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, model_cfg, preprocess = create_model(args)
@@ -129,7 +140,8 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
     optimizer = torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr, betas=(args.beta1, args.beta2),
                                   eps=args.adam_eps)
 
-    run = _resume(args, out, d, model, optimizer, precision)
+    run = _resume(args, out, d, model, optimizer, precision, plan)
+    start_step = run.step
 
     attack_forward = torch.compile(pixel) if args.compile else pixel
     ddp = torch.nn.parallel.DistributedDataParallel(
@@ -143,8 +155,9 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
     loader = make_loader(source, args.batch_size, d.rank, d.world_size, args.workers, run.consumed, run.positions,
                          pin_memory=d.device.type == "cuda")
     batches = iter(loader)
-    writer = MetricsWriter(out / "metrics.jsonl", out / "tensorboard" if args.tensorboard else None) if d.main \
-        else None
+    purge = start_step + 1 if plan.kind != "new" and start_step else None  # hide what a killed run logged later
+    writer = MetricsWriter(out / "metrics.jsonl", out / "tensorboard" if args.tensorboard else None, purge) \
+        if d.main else None
     if d.main:
         log.info("%s: %s steps × global batch %d on %d rank(s) (%s, %s), objective %s, %s", out, steps, global_batch,
                  d.world_size, d.device, precision.name, args.objective, describe_attack(args))
@@ -217,9 +230,12 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
             run.step = done
             schedule = {"schedule": args.lr_schedule, "base_lr": args.lr, "warmup": warmup, "steps": steps}
             _save(args, out, d, run, model, optimizer, precision, schedule,
-                  {"model_cfg": model_cfg, "preprocess_cfg": preprocess})
+                  {"model_cfg": model_cfg, "preprocess_cfg": preprocess}, plan)
             window_start = time.perf_counter()
     bar.close()
+    trained, final_step = start_step < steps, max(start_step, steps)
+    if not trained and d.main:
+        log.info("%s is already at step %d (--steps %d): nothing to train", out, start_step, steps)
     summary = watch.summary()
     result.not_learning = summary if watch.collapsed else None  # every rank saw the same averages
     if d.main:
@@ -229,8 +245,15 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
     identical = len(set(digests)) == 1
     if not identical:
         raise RuntimeError("ranks ended with different weights: DDP went out of sync")
-    if d.main and args.export:
-        result.export_dir = export_model(model, model_cfg, preprocess, out / "export", info={
+    if d.main and args.export and not trained and plan.export_current:
+        result.export_dir = out / "export"
+        log.info("%s already holds step %d's weights", result.export_dir, final_step)
+    elif d.main and args.export:
+        moved = rundir.set_aside_export(out)  # an export is never overwritten
+        if moved:
+            log.warning(moved)
+        result.export_dir = export_model(model, model_cfg, preprocess, out / "export", run={
+            "step": final_step, "branch": plan.branch}, info={
             "pretrained": args.pretrained, "objective": args.objective, "norm": args.norm, "epsilon": args.epsilon,
             "attack_steps": args.attack_steps, "epsilon_warmup": args.epsilon_warmup, "steps": steps,
             "global_batch": global_batch, "data": f"{args.dataset_type}: {args.train_data or 'synthetic'}",
@@ -239,9 +262,12 @@ def _run(args: Any, d: distributed.Dist) -> TrainResult:
         log.info("exported %s", result.export_dir)
         if args.push_to_hub:
             log.info("pushed to %s", push_to_hub(result.export_dir, args.push_to_hub, args.hub_private))
-    if writer:
+    if d.main and not args.export and (out / "export").exists() and trained:
+        log.warning("%s holds an earlier step's export; --no-export left it as it is", out / "export")
+    if writer and (trained or not plan.done_logged):
         writer.write({"event": "done", "replicas_identical": identical, "world_size": d.world_size,
-                      "weight_digests": digests, "not_learning": result.not_learning}, steps)
+                      "weight_digests": digests, "not_learning": result.not_learning}, final_step)
+    if writer:
         writer.close()
     distributed.barrier(d)
     return result
@@ -281,20 +307,16 @@ class RunState:
 
 
 def _resume(args: Any, out: Path, d: distributed.Dist, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            precision: Precision) -> RunState:
-    """Restore weights, optimiser, scaler, step, data positions and RNG; ``--resume latest`` with nothing to
-    resume starts fresh (so a preemptible job can always pass it)."""
+            precision: Precision, plan: rundir.Plan) -> RunState:
+    """Restore weights, optimiser, scaler, step, data positions and RNG from the checkpoint ``plan`` chose;
+    ``--resume latest`` with nothing to resume starts fresh (so a preemptible job can always pass it)."""
     run = RunState()
-    if args.resume == "latest":
-        found = checkpoint.find_latest(out)
-        if found is None:
-            log.info("--resume latest: no checkpoint in %s, starting fresh", checkpoint.checkpoint_dir(out))
-            return run
-    elif args.resume:
-        found = (Path(args.resume), checkpoint.load(args.resume))
-    else:
+    if plan.resume is None:
+        if args.resume == "latest":
+            log.info("--resume latest: no checkpoint of the run in %s, starting fresh", out)
         return run
-    path, state = found
+    path = Path(plan.resume)
+    state = checkpoint.load(path)
     load_weights(model, state["model"], str(path))
     optimizer.load_state_dict(state["optimizer"])
     precision.scaler.load_state_dict(state["scaler"])
@@ -307,13 +329,14 @@ def _resume(args: Any, out: Path, d: distributed.Dist, model: torch.nn.Module, o
     else:
         log.warning("resuming with %d ranks × %d workers (checkpoint: %d × %d): the data order restarts",
                     d.world_size, workers, data["world_size"], data["workers"])
-    log.info("resumed from %s at step %d", path, run.step)
+    what = {"continue": "", "rewind": f", as a new branch ({plan.branch})", "new": f", as a new run ({plan.branch})"}
+    log.info("resumed from %s at step %d%s", path, run.step, what[plan.kind])
     return run
 
 
 def _save(args: Any, out: Path, d: distributed.Dist, run: RunState, model: torch.nn.Module,
           optimizer: torch.optim.Optimizer, precision: Precision, schedule: dict[str, Any],
-          configs: dict[str, Any]) -> None:
+          configs: dict[str, Any], plan: rundir.Plan) -> None:
     """Gather every rank's data positions and RNG states; rank 0 writes the checkpoint atomically."""
     mine = {"positions": {k: list(v) for k, v in run.positions.items()}, "rng": checkpoint.rng_state(d.device),
             "skipped": run.skipped}
@@ -325,8 +348,8 @@ def _save(args: Any, out: Path, d: distributed.Dist, run: RunState, model: torch
         "scaler": precision.scaler.state_dict(), "scheduler": schedule, "rng": [g["rng"] for g in gathered],
         "data": {"consumed": run.consumed, "world_size": d.world_size, "workers": max(1, args.workers),
                  "positions": [g["positions"] for g in gathered], "skipped": [g["skipped"] for g in gathered]},
-        "args": dict(vars(args)), **configs,
-    }, out, run.step, args.keep_checkpoints)
+        "args": dict(vars(args)), "run": {"id": plan.branch, "lineage": plan.lineage}, **configs,
+    }, out, run.step, args.keep_checkpoints, plan.lineage)
 
 
 def _evaluate(args: Any, pixel: PixelCLIP, precision: Precision, d: distributed.Dist, step: int,

@@ -13,7 +13,8 @@ def write_random_vgg19(torch_home: Path, seed: int = 0) -> Path:
 
     The rest (conv5_3, conv5_4 and the 120M-weight classifier, unused by CLIPStyler) is stored as expanded
     zeros, which ``torch.save`` keeps as one element each: the file is 61 MB instead of 548 MB, and
-    torchvision's strict ``vgg19(pretrained=True)`` still loads it, as it loads the real file.
+    torchvision's strict ``vgg19(pretrained=True)`` still loads it, as it loads the real file. Like the real file
+    (published in 2017, before PyTorch 1.6), it is written in torch's legacy, non-zip format.
     """
     import torchvision
     from clipag.adapters.clipstyler.vgg import VGGContent
@@ -27,7 +28,7 @@ def write_random_vgg19(torch_home: Path, seed: int = 0) -> Path:
         state.setdefault(name, torch.zeros(1).expand(tensor.shape))  # conv5_3, conv5_4 and the classifier
     path = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    torch.save(state, path, _use_new_zipfile_serialization=False)  # the 2017 file predates torch's zip format
     return path
 
 
