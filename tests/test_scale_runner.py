@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from generate_fixtures import cli_env, interrupt_once_running, one_thread, save_
 from PIL import Image
 
 import clipag
-import clipag.weights as weights_module
+import clipag.checkpoints as checkpoints
 from clipag.cli import main
 from clipag.generation import Generator
 from clipag.hub import sha256_of
@@ -169,13 +170,21 @@ def test_option_mistakes_are_caught_before_any_model_loads(tmp_path, capsys):
         assert message in capsys.readouterr().err, argv
 
 
+@pytest.mark.filterwarnings("ignore:.*image processor config is not in the Hugging Face cache")
 def test_weights_file_is_the_file_the_loader_reads(model_dir, tmp_path, isolated_caches, monkeypatch):
+    """Every route clipag.load takes (registry entries are checked in their own tests of the cache layout):
+    the file ``weights_file`` names is the safetensors file the load read its weights from."""
+    import sys
+
     from hub_fixtures import TINY_OPEN_CLIP, make_hub_repo, tiny_open_clip_state_dict
     from safetensors.torch import save_file
 
+    sys.path.insert(0, str(Path(__file__).parent / "hf"))
+    from hf_fixtures import install_hf_repo, transformers_clip
+
     opened = []
-    read = weights_module.read_checkpoint
-    monkeypatch.setattr(weights_module, "read_checkpoint", lambda path: opened.append(path) or read(path))
+    read = checkpoints._read_safetensors  # every route reads safetensors through it
+    monkeypatch.setattr(checkpoints, "_read_safetensors", lambda path: opened.append(Path(path)) or read(path))
     state = tiny_open_clip_state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
     (tmp_path / "ckpt").mkdir()
@@ -183,14 +192,17 @@ def test_weights_file_is_the_file_the_loader_reads(model_dir, tmp_path, isolated
     make_hub_repo(isolated_caches / "hf", "someone/tiny", {"model_cfg": TINY_OPEN_CLIP}, state)
     make_hub_repo(isolated_caches / "hf", "someone/tiny-bin", {"model_cfg": TINY_OPEN_CLIP}, state,
                   weights_name="open_clip_pytorch_model.bin")
+    transformers_clip().save_pretrained(tmp_path / "hf-folder")
+    install_hf_repo(isolated_caches / "hf", "someone/tiny-hf", tmp_path / "hf-folder")
     for name in (str(model_dir), str(tmp_path / "w.safetensors"), str(tmp_path / "ckpt" / "epoch_1.pt"),
-                 "hf-hub:someone/tiny", "hf-hub:someone/tiny-bin"):
-        for _ in range(2):  # the second load reads the cached conversion of a pickle
+                 "hf-hub:someone/tiny", "hf-hub:someone/tiny-bin", str(tmp_path / "hf-folder"),
+                 "hf-hub:someone/tiny-hf"):
+        for _ in range(2):  # the second load reads the cached conversion of a pickle or a transformers model
             opened.clear()
             clipag.load(name, device="cpu")
         expected = weights_file(name)
         assert expected.suffix == ".safetensors" and expected.is_file(), name
-        assert os.path.samefile(opened[-1], expected), name
+        assert opened and os.path.samefile(opened[-1], expected), (name, opened, expected)
 
 
 def test_draw_writes_svg_and_png_per_item(model_dir, tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +21,46 @@ ENGINEERING_FIELDS = ("max_views_per_batch", "memory", "compile", "frame_every")
 
 
 def weights_file(model: str, download_root: str | None = None) -> Path | None:
-    """The safetensors file ``clipag.load(model)`` read its weights from (call it after the load).
+    """The safetensors file ``clipag.load(model)`` reads its weights from (once it has loaded).
 
-    Registry entries are cached as ``<cache>/NAME/open_clip_model.safetensors``; Hub models are the Hub cache's
-    safetensors, or clipag's conversion of a ``.bin``; a folder holds its weights; a pickled file is read from
-    its safetensors conversion in the cache. (``tests/test_scale_runner.py`` checks this against the file the
-    loader actually opens, for every route.)
+    Registry entries are cached as ``<cache>/NAME/open_clip_model.safetensors``; an open_clip Hub repo is the Hub
+    cache's safetensors, or clipag's conversion of its ``.bin``; a transformers-format repo or folder is clipag's
+    conversion of it; an open_clip folder holds its weights; a pickled file is read from its conversion.
+    (``tests/test_scale_runner.py`` checks each route against the file the loader actually opens.)
     """
     from huggingface_hub import try_to_load_from_cache
 
-    from ..hub import WEIGHTS_NAME, cache_root, converted_path, model_dir
+    from ..cache import cache_root, converted_path, model_dir
+    from ..checkpoints import is_pickled
+    from ..hf.read import HF_CONFIG, HF_WEIGHT_NAMES, is_transformers_folder
+    from ..hub import CONFIG_NAME, WEIGHTS_NAME
+    from ..hub_repos import HUB_WEIGHT_NAMES
     from ..registry import get_entry
-    from ..weights import _HUB_WEIGHT_NAMES
 
     entry = get_entry(model)
-    repo = entry.hf_repo if entry is not None and entry.hf_repo else None
-    if entry is not None and repo is None:
+    if entry is not None and not entry.hf_repo:
         return model_dir(entry.name, download_root) / WEIGHTS_NAME
-    if repo is not None or model.startswith("hf-hub:"):
-        repo = repo or model.removeprefix("hf-hub:")
-        for name in _HUB_WEIGHT_NAMES:
+    repo = entry.hf_repo if entry is not None else (model.removeprefix("hf-hub:") if model.startswith("hf-hub:")
+                                                    else None)
+    if repo is not None:
+        converted = cache_root(download_root) / "hub" / repo.replace("/", "--")
+        if not isinstance(try_to_load_from_cache(repo, CONFIG_NAME), str):  # transformers layout: converted
+            config = try_to_load_from_cache(repo, HF_CONFIG)
+            return converted / f"{Path(config).parent.name}.transformers.safetensors" if isinstance(config, str) \
+                else None
+        for name in HUB_WEIGHT_NAMES:
             cached = try_to_load_from_cache(repo, name)
             if isinstance(cached, str):
-                if not cached.endswith(".bin"):
-                    return Path(cached)
-                revision = Path(cached).parent.name
-                return cache_root(download_root) / "hub" / repo.replace("/", "--") / f"{revision}.safetensors"
+                return converted / f"{Path(cached).parent.name}.safetensors" if cached.endswith(".bin") \
+                    else Path(cached)
         return None
     path = Path(model).expanduser()
+    if path.is_dir() and is_transformers_folder(path):
+        key = next((path / n for n in HF_WEIGHT_NAMES if (path / n).is_file()), None)
+        return converted_path(key, download_root, tag=":transformers") if key is not None else None
     if path.is_dir():
-        path = next((path / n for n in _HUB_WEIGHT_NAMES if (path / n).is_file()), path / WEIGHTS_NAME)
-    if path.is_file() and zipfile.is_zipfile(path):
+        path = next((path / n for n in HUB_WEIGHT_NAMES if (path / n).is_file()), path / WEIGHTS_NAME)
+    if path.is_file() and is_pickled(path):
         return converted_path(path, download_root)
     return path
 
