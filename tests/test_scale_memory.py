@@ -64,3 +64,13 @@ def test_a_budget_below_what_is_held_names_the_size_to_give():
     batcher.view_bytes = 3e8
     with pytest.raises(MemoryBudgetError, match=r"already holds 4\.00 GB .* at least 4\.33 GB"):
         batcher._plan(64)
+
+
+def test_a_cap_and_a_budget_together_give_the_smaller():
+    batcher = ViewBatcher(lambda v: v, ViewBudget(memory="10GB", max_views_per_batch=5), torch.device("cpu"))
+    assert batcher.views_per_call(64) is None  # the budget needs a measured view first
+    batcher.meter = FakeMeter(in_use=4 * 10**9, available=10 * 10**9)
+    batcher.view_bytes = 3e8
+    assert batcher._plan(64) == 5 and batcher.views_per_call(64) == 5
+    batcher.view_bytes = 3e9
+    assert batcher._plan(64) == 1

@@ -68,8 +68,9 @@ class ViewBatcher:
     # -- planning -------------------------------------------------------------------------------------------
     def views_per_call(self, total: int) -> int | None:
         """Views per encoder call for a step of ``total`` views, or None while the cost of a view is unknown."""
-        if self.budget.max_views_per_batch is not None:
-            return max(1, min(total, int(self.budget.max_views_per_batch)))
+        cap = self.budget.max_views_per_batch
+        if cap is not None and self.budget.memory is None:  # a cap alone is the plan; with --memory, the smaller
+            return max(1, min(total, int(cap)))
         return self._sizes.get(total)
 
     def _plan(self, total: int) -> int:
@@ -90,6 +91,8 @@ class ViewBatcher:
             warnings.warn(f"{format_size(room)} free on {self.device} and a view needs {format_size(self.view_bytes)}: "
                           "running one view per encoder call", stacklevel=4)
             size = 1
+        if self.budget.max_views_per_batch is not None:
+            size = min(size, int(self.budget.max_views_per_batch))
         self._sizes[total] = min(size, total)
         return self._sizes[total]
 
