@@ -180,6 +180,11 @@ class StyleJob(Job):
     command = "style"
     text_key = "text"
 
+    def identity(self) -> dict[str, Any]:
+        from ..adapters.clipstyler.vgg import checkpoint_path
+
+        return {"vgg19": _file_identity(checkpoint_path())}
+
     def session(self, worker: Any, item: Item) -> Any:
         return worker.session(item.content, item.prompt, item.seed)
 
