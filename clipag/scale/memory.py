@@ -2,14 +2,18 @@
 
 A view's cost is the activation memory its encoder pass keeps until its backward, plus the pass's transient
 buffers. It depends on the architecture, the view size, the device, autocast and which attention kernel runs,
-so it is *measured* on the first micro-batch of a run (:class:`Meter`), never taken from a table:
+so it is *measured* on a small probe micro-batch in the first step (:class:`Meter`), never taken from a table.
 
-* CUDA: the caching allocator's peak (``max_memory_allocated``) during the probe, which is exact;
-* a Linux CPU: the process's resident high-water mark (``VmHWM``) above the resident size at the start, after
-  ``malloc_trim`` has handed freed heap back to the OS, so the peak is not hidden by memory glibc kept (the
-  mark is only read, never reset: a probe below an earlier peak is counted up to that peak, an overestimate);
-* elsewhere: the bytes of the tensors autograd saves for the backward, times 1.5 for the pass's transients
-  (peak/saved measured 1.40-1.41 on a Linux CPU for ViT-B/32 and ViT-L/14).
+The meter reads a high-water mark, and never resets it (a caller's own peak counters stay right):
+
+* CUDA: the caching allocator's peak (``max_memory_allocated``), against the memory allocated at the start;
+* a Linux CPU: the process's resident peak (``VmHWM``), against the resident size at the start, read after
+  ``malloc_trim`` has handed freed heap back to the OS, so memory glibc kept does not hide the probe's peak.
+
+A probe that sets a new mark is measured exactly. One that stays below an earlier peak is bounded by it; the
+smaller of that bound and the saved-tensor estimate is used. The estimate is the bytes autograd saves for the
+backward, times 1.5 for the pass's transients (peak/saved measured 1.40-1.41 on this Linux CPU for ViT-B/32 and
+ViT-L/14 by the mark above). Where there is no mark to read (a CPU other than Linux's), it is the measure.
 """
 
 from __future__ import annotations
@@ -132,29 +136,27 @@ class Meter:
 
         return int(psutil.virtual_memory().available)
 
+    def _marks(self, trim: bool = True) -> tuple[int, int] | None:
+        """``(in use now, high-water mark)``, or None where there is no high-water mark to read. Neither is reset:
+        the caller's own peak counters stay as they were."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.memory_allocated(self.device), torch.cuda.max_memory_allocated(self.device)
+        if self.device.type != "cpu" or _read_hwm() is None:
+            return None
+        if trim:
+            _malloc_trim()
+        return resident_bytes(), _read_hwm() or 0
+
     @contextlib.contextmanager
     def measure(self, existing: Iterable[torch.Tensor] = ()) -> Iterator[_Probe]:
         """``with meter.measure(model.parameters()) as probe: work()`` sets ``probe.bytes`` to the work's peak memory
         above the start. ``existing``: tensors that are already allocated (the fallback meter must not count them
         when the work saves them for its backward, as a linear layer saves its weight)."""
         probe = _Probe()
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            start = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            yield probe
-            torch.cuda.synchronize(self.device)
-            probe.bytes = max(0, torch.cuda.max_memory_allocated(self.device) - start)
-            return
-        if self.device.type == "cpu" and _read_hwm() is not None:
-            _malloc_trim()
-            start, before = resident_bytes(), _read_hwm() or 0
-            yield probe
-            after = _read_hwm() or before
-            # A new high-water mark is the probe's own peak. Otherwise the probe stayed below an earlier peak,
-            # which bounds it from above: an overestimate gives smaller micro-batches, never a budget overrun.
-            probe.bytes = max(0, after - start)
-            return
+        marks = self._marks()
+        if marks is not None:
+            start, before = marks
         skip = {t.untyped_storage().data_ptr() for t in existing}
         saved: dict[int, int] = {}
 
@@ -166,4 +168,12 @@ class Meter:
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             yield probe
-        probe.bytes = int(SAVED_TO_PEAK * sum(saved.values()))
+        estimate = int(SAVED_TO_PEAK * sum(saved.values()))
+        if marks is None:
+            probe.bytes = estimate
+            return
+        after = self._marks(trim=False)[1]
+        if after > before:  # a new high-water mark: the probe's own peak, exactly
+            probe.bytes = after - start
+        else:  # below an earlier peak, which bounds it from above; the saved-tensor estimate is usually closer
+            probe.bytes = max(0, before - start) if estimate <= 0 else min(max(0, before - start), estimate)
