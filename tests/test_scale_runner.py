@@ -64,7 +64,7 @@ def test_manifest_lists_every_item_with_its_hashes(model_dir, tmp_path, capsys):
         assert r["config"]["global_views"] == 3 and r["config"]["steps"] == 2 and r["steps"] == 2
         assert isinstance(r["best_loss"], float) and r["seconds"] > 0
         assert Image.open(out / r["file"]).size == (32, 32)
-    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # less the two lock files
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # less the lock files
     assert files == sorted([*(r["file"] for r in rows), "manifest.jsonl", "run.json"])
     assert capsys.readouterr().out.split() == [str(out / r["file"]) for r in rows]
 
@@ -229,3 +229,32 @@ def test_a_real_ctrl_c_leaves_no_partial_file_and_the_rerun_makes_everything(mod
     assert not list(out.glob("*.png")) and not list(out.glob(".*.tmp"))  # the item in progress is dropped
     assert main([*argv, "-q"]) == 0
     assert [r["prompt"] for r in records(out)] == ["one", "two"] and len(list(out.glob("*.png"))) == 2
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(model_dir, tmp_path, capsys):
+    """A process of another launch still holds its rank lock: nothing is made until it lets go."""
+    import multiprocessing
+
+    prompts, out = tmp_path / "p.txt", tmp_path / "out"
+    prompts.write_text("one\n")
+    out.mkdir()
+    context = multiprocessing.get_context("fork")  # filelock is re-entrant within a process: hold it from another
+    ready, done = context.Event(), context.Event()
+    holder = context.Process(target=_hold, args=(out, ready, done))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        assert generate(model_dir, prompts, out) == 2
+        assert ".run.rank1.lock is held" in capsys.readouterr().err and not list(out.glob("*.png"))
+    finally:
+        done.set()
+        holder.join(30)
+    assert generate(model_dir, prompts, out) == 0  # free again
+
+
+def _hold(out, ready, done):
+    from clipag.scale.manifest import lock
+
+    with lock(out, ".run.rank1.lock", timeout=0):
+        ready.set()
+        done.wait(60)

@@ -89,30 +89,47 @@ def _record(job: Job, item: Item, result: Any, files: list[Path], out: Path, wor
     return record
 
 
+def _busy(out: Path) -> str | None:
+    """The lock of a rank of another launch still working in ``out``, if any (each rank holds its own while it
+    works, so a second launch cannot take items the first is making, even after the first's rank 0 is done)."""
+    from filelock import Timeout
+
+    for path in sorted(out.glob(".run.rank*.lock")):
+        probe = lock(out, path.name, timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
+            return path.name
+        probe.release()
+    return None
+
+
 def run_items(job: Job, items: list[Item], out: Path, *, model: str, dist: Any, batch: int = 1,
               quiet: bool = False) -> int:
     """Make every unfinished item of ``items`` into ``out``; returns the exit status (130 after Ctrl-C)."""
+    from filelock import Timeout
     from tqdm.auto import tqdm
 
     from ..finetune.distributed import all_gather_object
 
     out.mkdir(parents=True, exist_ok=True)
     plan: dict[str, Any] | None = None
-    run_lock = lock(out, ".run.lock", timeout=0)
     if dist.main:
-        from filelock import Timeout
-
+        busy = _busy(out)
         try:
-            run_lock.acquire()
-            plan = _plan(job, items, out, model)
-        except Timeout:
-            plan = {"error": f"another clipag run is writing to {out} now; wait for it or give another --out"}
+            plan = {"error": f"another clipag run is writing to {out} ({busy} is held); wait for it or give "
+                             "another --out"} if busy else _plan(job, items, out, model)
         except ValueError as e:
             plan = {"error": str(e)}
     plan = all_gather_object(plan, dist)[0]
+    if plan["error"]:
+        raise ValueError(plan["error"])
+    mine_lock = lock(out, f".run.rank{dist.rank}.lock", timeout=0)
     try:
-        if plan["error"]:
-            raise ValueError(plan["error"])
+        mine_lock.acquire()
+    except Timeout:
+        raise ValueError(f"another clipag run is writing to {out}; wait for it or give another --out") from None
+    try:
         by_key = {item.key(job.command): item for item in items}
         pending = [by_key[key] for key in plan["pending"]]
         mine = pending[dist.rank::dist.world_size]
@@ -122,8 +139,7 @@ def run_items(job: Job, items: list[Item], out: Path, *, model: str, dist: Any, 
                   + (f", {batch} per batch" if batch > 1 else ""), file=sys.stderr)
         return _make(job, mine, out, model, plan, dist, batch, quiet, tqdm)
     finally:
-        if run_lock.is_locked:
-            run_lock.release()
+        mine_lock.release()
 
 
 def _make(job: Job, mine: list[Item], out: Path, model: str, plan: dict[str, Any], dist: Any, batch: int,
