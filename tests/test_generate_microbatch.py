@@ -103,3 +103,14 @@ def test_compiled_encoder_in_micro_batches_keeps_the_maths(model, monkeypatch):
     grad, x0, x1, *_ = first_update(model, max_views_per_batch=11)
     c_grad, _, c_x1, _, calls, _ = first_update(model, max_views_per_batch=3, compile=True)
     assert calls == 4 and _relative(c_grad, grad) < 1e-5 and _relative(c_x1 - x0, x1 - x0) < 1e-5
+
+
+def test_the_command_reports_a_budget_too_small_as_a_message(tmp_path, capsys):
+    from generate_fixtures import save_hub_folder
+
+    from clipag.cli import main
+
+    folder = save_hub_folder(tmp_path / "model")
+    assert main(["generate", "x", "--model", str(folder), "--memory", "1MB", "--no-prior", "--steps", "2",
+                 "--views", "2", "--patches", "2", "--device", "cpu", "-q", "-o", str(tmp_path / "x.png")]) == 1
+    assert "clipag: error: memory budget 0.00 GB: the process already holds" in capsys.readouterr().err

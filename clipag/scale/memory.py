@@ -36,8 +36,9 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
 SAVED_TO_PEAK = 1.5  # the fallback meter's allowance for transients (measured 1.4 on this CPU, see above)
 
 
-class MemoryBudgetError(MemoryError):
-    """A memory budget that cannot hold even one view on top of what the process already holds."""
+class MemoryBudgetError(MemoryError, RuntimeError):
+    """A memory budget that cannot hold even one view on top of what the process already holds (a RuntimeError
+    too, so the ``clipag`` command reports it as a message, not a traceback)."""
 
 
 def parse_size(size: str | int | float) -> int:
