@@ -73,6 +73,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], what:
         return path
     except OSError as error:
         reason = error.strerror or str(error)
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # mkdir's "File exists" would not say which file is in the way
+            reason = f"{blocker} is a file, not a folder"
         for folder in (Path.cwd(), Path(tempfile.gettempdir())):
             try:
                 rescued = _free_name(folder, path.name)

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(group: argparse._ArgumentGroup, *flags: str, default: Any = None, source: str | None = None,
             help: str, shown: str | None = None, **kwargs: Any) -> None:
         if shown is None:
-            shown = "off" if default is False else "on" if default is True else default
+            shown = "off" if default is False else "on" if default is True else "unset" if default is None else default
         note = f" (default: {shown}" + (f"; source: {source})" if source else ")")
         group.add_argument(*flags, default=default, help=help + note, **kwargs)
 

@@ -26,7 +26,8 @@ tags: [clip, clipag, adversarial-training, robust]
 ---
 # {title}
 
-Finetuned with `python -m clipag.finetune` (clipag: CLIP with Perceptually Aligned Gradients, after CLIPAG, Ganz & Elad, WACV 2024).
+Finetuned with `python -m clipag.finetune` (clipag: CLIP with Perceptually Aligned Gradients, after CLIPAG,
+Ganz & Elad, WACV 2024).
 
 | | |
 |---|---|
