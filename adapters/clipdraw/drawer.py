@@ -1,6 +1,6 @@
 """CLIPDraw (Frans et al. 2021) with any CLIP ``clipag.load`` takes: optimize vector strokes so CLIP sees the prompt.
 
-The algorithm and its defaults are kvfrans/clipdraw's (DESIGN §6): 256 open cubic Bézier strokes of 1–3
+The algorithm and its defaults are kvfrans/clipdraw's (docs/clipdraw.md): 256 open cubic Bézier strokes of 1–3
 segments starting within 0.1 of the canvas around a random point, width 1, random RGBA; Adam on points (lr 1,
 then 0.4 from 50% and 0.1 from 75% of the steps), widths (0.1, clamped to [1, 50]) and colours (0.01, clamped
 to [0, 1]); each step renders the strokes over white and scores 4 augmented views (perspective 0.5 with white
