@@ -45,6 +45,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import GenerateConfig, GenerationInterrupted, Generator
     from .images import Outputs, check_output, make_grid, numbered, result_path, save_gif, save_png
 
+    cli_options.apply_threads(args)
     output = Path(args.output or cli_options.default_output(args.prompts[:1], ".png"))
     try:
         check_output(output, "-o/--output", (".png",))
@@ -67,7 +68,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     jobs = [(prompt, args.seed + k) for prompt in args.prompts for k in range(args.count)]
     several = len(jobs) > 1
     if not args.quiet:
-        start = "prior " + (generator.prior.source or "file") if generator.prior is not None else f"init={config.init}"
+        if generator.prior is not None:
+            start = "prior " + (generator.prior.source or "file")
+        else:  # "auto" without a prior is the noise start: say so, not "init=auto"
+            start = "noise (no prior)" if config.init in ("auto", "noise") else f"init={config.init}"
         print(f"{len(jobs)} image(s), {config.steps} steps, {config.global_views}+{config.patch_views} views, "
               f"{generator.device}, start: {start}", file=sys.stderr)
     outputs = Outputs("clipag generate")

@@ -13,7 +13,7 @@ from clipag.cli import build_parser, main
 GENERATORS = {"generate": ["a red apple"], "draw": ["a red apple"], "vqgan": ["a red apple"],
               "style": ["photo.png", "fire"]}
 COMMON = {"count": 1, "seed": 0, "output": None, "model": "ViT-B/32", "device": None, "amp": "auto", "frames": None,
-          "quiet": False}
+          "threads": None, "quiet": False}
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -58,7 +58,8 @@ def test_the_common_options_mean_the_same_in_every_generator(command):
     options = {option: action for action in parser._actions for option in action.option_strings}
     for flags, dest in ((("-n", "--count", "--n"), "count"), (("--seed",), "seed"), (("--steps",), "steps"),
                         (("-o", "--output"), "output"), (("--model",), "model"), (("--device",), "device"),
-                        (("--amp",), "amp"), (("--frames",), "frames"), (("-q", "--quiet"), "quiet")):
+                        (("--amp",), "amp"), (("--frames",), "frames"), (("--threads",), "threads"),
+                        (("-q", "--quiet"), "quiet")):
         for flag in flags:
             assert options[flag].dest == dest, (command, flag)
     assert options["--device"].help == cli_options.DEVICE_HELP

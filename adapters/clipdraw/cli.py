@@ -31,6 +31,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
     from .drawer import DrawConfig, Drawer, DrawingInterrupted
 
+    cli_options.apply_threads(args)
     output = Path(args.output or cli_options.default_output(args.prompts[:1], ".svg"))
     grid_path = Path(args.grid) if args.grid else numbered(output.with_suffix(".png"), "grid")
     try:

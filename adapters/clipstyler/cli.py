@@ -32,6 +32,7 @@ def cmd_style(args: argparse.Namespace) -> int:
 
     from .styler import StyleConfig, StyleInterrupted, Styler, load_content
 
+    cli_options.apply_threads(args)
     output = Path(args.output or cli_options.default_output([Path(args.content).stem, args.texts[0]], ".png"))
     try:
         check_output(output, "-o/--output", (".png",))

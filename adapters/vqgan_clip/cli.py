@@ -16,14 +16,11 @@ def cmd_vqgan(args: argparse.Namespace) -> int:
 
     require("vqgan-clip", "clipag vqgan")
 
-    import torch
-
     from clipag.images import Outputs, check_output, make_grid, numbered, result_path, save_gif, save_png
 
     from .loop import VQGANCLIP, VQGANCLIPConfig, VQGANCLIPInterrupted
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli_options.apply_threads(args)
     output = Path(args.output or cli_options.default_output([args.prompt or "image-prompt"], ".png", "vqgan"))
     try:
         check_output(output, "-o/--output", (".png",))
@@ -89,5 +86,4 @@ def register_vqgan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (default %(default)s)")
     p.add_argument("--augments", nargs="+", default=["Af", "Pe", "Ji", "Er"], metavar="CODE",
                    help="VQGAN-CLIP's -aug codes: Ji Sh Gn Pe Ro Af Et Ts Cr Er Re (default: Af Pe Ji Er)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_vqgan)
