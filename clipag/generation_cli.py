@@ -52,9 +52,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_output(args.frames, "--frames", (".gif",))
         knobs = _parse_set(args.set or [])
         for key, value in (("size", args.size), ("global_views", args.views), ("patch_views", args.patches),
-                           ("init", args.init), ("amp", args.amp), ("lr", args.lr)):
+                           ("init", args.init), ("lr", args.lr)):
             if value is not None:
                 knobs[key] = value
+        if args.amp != "auto" or "amp" not in knobs:  # --amp's default leaves a --set amp=... alone
+            knobs["amp"] = args.amp
         if args.compile:
             knobs["compile"] = True
         config = dataclasses.replace(GenerateConfig(), steps=args.steps, **knobs)
