@@ -191,3 +191,14 @@ def test_draw_function_rejects_unknown_options():
     with pytest.raises(TypeError, match="unknown drawing option"):
         draw("x", model=tiny_model(32), colour="red")
     assert dataclasses.fields(DrawConfig)
+
+
+@pytest.mark.parametrize("amp, expected", [("bf16", True), ("off", False), ("auto", False)])  # auto: off on CPU
+def test_amp_puts_the_encoder_under_autocast_as_in_the_other_optimisers(model_dir, amp, expected):
+    seen = []
+    with one_thread():
+        drawer = Drawer(model_dir, device="cpu", config=DrawConfig(steps=1, amp=amp, **SMALL))
+        encode = drawer.model.encode_image
+        drawer.model.encode_image = lambda x: (seen.append(torch.is_autocast_enabled("cpu")), encode(x))[1]
+        result = drawer.run("a fox")
+    assert seen == [expected] and result.losses[0] == result.losses[0]  # ran, and the loss is a number
