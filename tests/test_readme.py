@@ -147,6 +147,13 @@ RULES = [
     Rule("clipag vqgan", "sub", "a tiny CLIP and a tiny taming VQGAN, 32 px, 2 steps", tiny_vqgan),
     Rule("clipag style", "sub", "a tiny CLIP, a random VGG19 in TORCH_HOME, 64 px, 2 steps", tiny_style),
     Rule("mkdir -p outputs", "run"),
+    # Hugging Face: the export with a tiny CLIP in place of CLIPAG's 1.3 GB download
+    Rule("clipag export ViT-B/32", "sub", "ViT-B/32 → a tiny CLIP", lambda c: c.replace("ViT-B/32", "{tiny}", 1)),
+    Rule("clipag export ViT-B/32 clipag-vit-b-32 --push-to-hub", "skip",
+         "uploads to the Hugging Face Hub; tests/hf/ pushes to a stand-in Hub on 127.0.0.1"),
+    Rule("clipag run guidance.py", "skip", "a placeholder for the reader's transformers script; tests/hf/ runs "
+                                           "tests/scripts/transformers_clip_calls.py through clipag run"),
+    Rule("clipag run --model FARE2-ViT-L/14 guidance.py", "skip", "the same placeholder script (see above)"),
     # upstream scripts: not part of this repository
     Rule("clipag run generate.py", "skip", "nerdyrodent/VQGAN-CLIP's script, not in this repository; "
                                            "tests/vqgan_clip/test_vqgan_upstream.py runs its calls"),
