@@ -177,13 +177,16 @@ def random_perspective(x: torch.Tensor, distortion_scale: float = 0.5,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """``RandomPerspective(distortion_scale, p=1, fill=0)`` with its own parameters per image, batched:
     kornia's homography and bilinear warp (zeros outside), corners from ``generator`` (:func:`perspective_corners`).
-    Needs kornia (``pip install "clipag[adapters]"``)."""
-    from kornia.geometry.transform import get_perspective_transform, warp_perspective
+    Needs kornia (the ``[clipdraw]``, ``[clipstyler]`` and ``[vqgan-clip]`` extras bring it)."""
+    from .extras import import_module
+
+    kornia_transform = import_module("kornia.geometry.transform", "clipstyler", "batched perspective crops")
 
     b, _, h, w = x.shape
     start, end = perspective_corners(b, h, w, distortion_scale, generator, x.device)
-    transform = get_perspective_transform(start, end).to(x.dtype)
-    return warp_perspective(x, transform, (h, w), mode="bilinear", padding_mode="zeros", align_corners=False)
+    transform = kornia_transform.get_perspective_transform(start, end).to(x.dtype)
+    return kornia_transform.warp_perspective(x, transform, (h, w), mode="bilinear", padding_mode="zeros",
+                                             align_corners=False)
 
 
 def add_noise(x: torch.Tensor, std: float, shared: bool = False,

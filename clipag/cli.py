@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import registry
+from . import cli_options, registry
 from .hub import WEIGHTS_NAME, cache_root, model_dir
 
 __all__ = ["main", "build_parser"]
@@ -48,6 +48,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unknown_name(name: str) -> RuntimeError:
+    """A name that is neither a CLIP, a VQGAN, an hf-hub: id nor a path: every name these commands take."""
+    import difflib
+
+    from .adapters.vqgan_clip.registry import VQGANS
+
+    error = registry.not_found_error(name)
+    close = difflib.get_close_matches(name, [*registry.available_models(), *VQGANS], n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return RuntimeError(f"{error}; VQGANs (for clipag vqgan) = {list(VQGANS)}; or an hf-hub:ORG/NAME id{hint} "
+                        "(`clipag models` lists them all)")
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from .adapters.vqgan_clip.registry import VQGANS, fetch_vqgan
     from .weights import load_entry, resolve
@@ -60,7 +73,12 @@ def cmd_download(args: argparse.Namespace) -> int:
         load_entry(entry, args.download_root)
         print(model_dir(entry.name, args.download_root))
     else:
-        resolved = resolve(args.name, args.download_root)
+        try:
+            resolved = resolve(args.name, args.download_root)
+        except RuntimeError as e:
+            if str(e).startswith(f"Model {args.name} not found"):  # a typo: list the VQGAN names too
+                raise _unknown_name(args.name) from None
+            raise
         print(f"{resolved.source}: {sum(t.numel() for t in resolved.state_dict.values()):,} parameters cached")
     return 0
 
@@ -79,7 +97,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     entry = registry.get_entry(args.name)
     if entry is None:
-        raise registry.not_found_error(args.name)
+        raise _unknown_name(args.name)
     if entry.hf_repo:
         raise SystemExit(f"{args.name} comes from hf-hub:{entry.hf_repo}; copy a Hugging Face cache instead "
                          "(see README, Offline use)")
@@ -98,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipag", description="CLIP with Perceptually Aligned Gradients.")
+    parser = cli_options.ArgumentParser(prog="clipag", description="CLIP with Perceptually Aligned Gradients.")
     parser.add_argument("--download-root", default=None, help="cache folder (default: $CLIPAG_CACHE or "
                                                                 "~/.cache/clipag)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,11 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="also print each model's description")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("download", help="fetch, verify and cache a model (registry name, hf-hub: id or VQGAN name)")
-    p.add_argument("name")
+    p = sub.add_parser("download", help="fetch, verify and cache a model (registry name, hf-hub: id or VQGAN name)",
+                       description="Fetch a model into the cache, check its size and checksum, and convert it to "
+                                   "safetensors once: a CLIP registry name (`clipag models`), an hf-hub:ORG/NAME id, "
+                                   "or a VQGAN name for `clipag vqgan`. Prints where it is cached.")
+    p.add_argument("name", help="e.g. ViT-B/32 (CLIPAG), FARE2-ViT-L/14, hf-hub:chs20/fare2-clip, "
+                                "vqgan_imagenet_f16_16384")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("import", help="verify, convert and cache a checkpoint you downloaded yourself")
+    p = sub.add_parser("import", help="verify, convert and cache a checkpoint you downloaded yourself",
+                       description="Put a file you downloaded yourself (say, CLIPAG_ViTB32.pt from Zenodo on "
+                                   "another machine) into the cache under a model's name, as `clipag download` "
+                                   "would: its size and checksum are checked, a pickle is read without running "
+                                   "code and converted to safetensors. Afterwards the name loads offline.")
     p.add_argument("name", help="registry name (e.g. ViT-B/32), or hf-hub:ORG/NAME for a Hub-layout folder")
     p.add_argument("file", help="the downloaded file (e.g. CLIPAG_ViTB32.pt), or a folder with "
                                 "open_clip_config.json + open_clip_model.safetensors")
@@ -119,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "(needed unless already in the cache)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("run", help="run an unmodified script with `import clip` resolving to clipag")
+    p = sub.add_parser("run", help="run an unmodified script with `import clip` resolving to clipag",
+                       description="Run SCRIPT as `python SCRIPT ARGS...` would, with `import clip` (and `from CLIP "
+                                   "import clip`) resolving to clipag, so its clip.load gets a robust CLIP. "
+                                   "Stand-ins replace diffvg (pydiffvg), taming-transformers and cog's old API when "
+                                   "they are not installed; --device sends hard-coded CUDA elsewhere.")
     p.add_argument("--model", default=None, help="replace every clip.load name, and every Hub id given to "
                                                  "transformers' CLIP from_pretrained (registry name, hf-hub: id, path)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
@@ -154,10 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run" and os.path.isfile(args.script):
         return args.func(args)  # the script's own errors keep their traceback, as under `python script.py`
+    from .extras import MissingExtra, extra_for, install_hint
+
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except MissingExtra as e:
+        print(f"clipag {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:  # an extra's module imported where no check was made: still no traceback
+        extra = extra_for(e.name or "")
+        if extra is None:
+            raise
+        print(f"clipag {args.command}: error: {e.name} is missing, from clipag's [{extra}] extra; "
+              f"{install_hint(extra)}", file=sys.stderr)
+        return 1
     except (RuntimeError, OSError, ValueError) as e:  # clipag's errors say what happened and what to do
         print(f"clipag: error: {e}", file=sys.stderr)
         return 1

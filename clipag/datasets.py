@@ -22,9 +22,9 @@ from PIL import Image
 
 from .shards import tar_records
 
-__all__ = ["IMAGE_EXTENSIONS", "DATASET_TYPES", "guess_dataset_type", "read_image_folder", "read_classnames",
-           "read_csv", "class_index", "to_pixels", "decode_image", "shard_sources", "image_bytes", "tar_records",
-           "LabelledImages", "LabelledShards"]
+__all__ = ["IMAGE_EXTENSIONS", "DATASET_TYPES", "guess_dataset_type", "needs_webdataset", "read_image_folder",
+           "read_classnames", "read_csv", "class_index", "to_pixels", "decode_image", "shard_sources", "image_bytes",
+           "tar_records", "LabelledImages", "LabelledShards"]
 
 log = logging.getLogger("clipag.data")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -42,6 +42,16 @@ def guess_dataset_type(data: str | None) -> str:
     if os.path.isdir(data):
         return "folder"
     raise SystemExit(f"cannot tell the dataset type of {data!r}; pass --dataset-type")
+
+
+def needs_webdataset(data: str | None, dataset_type: str = "auto") -> bool:
+    """Whether reading ``data`` needs the webdataset package (clipag's ``[train]`` extra)."""
+    if dataset_type != "auto":
+        return dataset_type == "webdataset"
+    try:
+        return guess_dataset_type(data) == "webdataset"
+    except SystemExit:  # a form guess_dataset_type does not know: reading the data says so later
+        return False
 
 
 def read_classnames(path: str | os.PathLike) -> list[str]:

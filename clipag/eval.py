@@ -27,6 +27,8 @@ from tqdm import tqdm
 
 from . import datasets
 from .attacks import NORMS, pgd
+from .cli_options import DEVICE_HELP, ArgumentParser, DefaultsFormatter
+from .extras import MissingExtra, require
 from .tokenizer import tokenize
 
 __all__ = ["PixelCLIP", "zero_shot_weights", "evaluate", "load_templates", "eval_batches",
@@ -220,14 +222,16 @@ def evaluate(model: PixelCLIP, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
 
 def _eps_name(eps: float) -> str:
-    """``4/255`` for budgets that are multiples of 1/255, else the decimal: keys readers recognise."""
+    """``4/255`` for fractional budgets that are multiples of 1/255, else the decimal (``0.5``, ``1``, ``1.5``):
+    the keys readers recognise (an L2 ε of 1 is ``l2_1``, not ``l2_255/255``)."""
     k = eps * 255
-    return f"{round(k)}/255" if k and math.isclose(k, round(k), abs_tol=1e-6) else f"{eps:g}"
+    fraction = not math.isclose(eps, round(eps), abs_tol=1e-9)
+    return f"{round(k)}/255" if fraction and math.isclose(k, round(k), abs_tol=1e-6) else f"{eps:g}"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clipag.eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m clipag.eval", description=__doc__.split("\n\n")[0],
+                       formatter_class=DefaultsFormatter)
     p.add_argument("--model", required=True, help="registry name, hf-hub: id, Hub-layout folder (e.g. a "
                                                   "clipag.finetune export) or checkpoint file")
     p.add_argument("--data", required=True, help="image folder root/<class>/<images>, a CSV/TSV with image paths "
@@ -259,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="data loader workers")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: one per "
                                                              "core; 1 is ~3x faster for 32 px toy models)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast dtype for the image tower (fp32 weights either way)")
     p.add_argument("--seed", type=int, default=0, help="subset and random-start seed")
@@ -279,9 +283,21 @@ def load_pixel_model(name: str, device: torch.device | str) -> PixelCLIP:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except MissingExtra as e:
+        raise SystemExit(f"python -m clipag.eval: error: {e}") from None
+
+
+def _main(argv: list[str] | None) -> int:
     from .metrics import MetricsWriter
 
     args = build_parser().parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if datasets.needs_webdataset(args.data, args.dataset_type):
+        require("train", "python -m clipag.eval on webdataset shards", ["webdataset"])
+    if args.tensorboard:
+        require("train", "python -m clipag.eval --tensorboard", ["tensorboard"])
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(format="%(levelname)s %(message)s")  # skipped samples are reported, as in training

@@ -1,6 +1,6 @@
 """Generator-free text-to-image: optimize pixels so a robust CLIP matches the prompt (CLIPAG, WACV 2024).
 
-The algorithm is the official notebook's (``CLIPAG_T2I.ipynb``; DESIGN §5): every step the canvas is seen
+The algorithm is the official notebook's (``CLIPAG_T2I.ipynb``; docs/generate.md): every step the canvas is seen
 as ``global_views`` noisy DiffAugment views and ``patch_views`` random patch crops; the loss is
 ``global_weight·mean(1−cos) + patch_weight·mean(1−cos)`` against the prompt's text embedding; AdamW moves
 the pixels, the image gradient's norm is clipped, and dynamic thresholding keeps pixels in range. The output

@@ -4,20 +4,14 @@ a command runs, so ``clipag models`` stays fast."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from .precision import AMP_MODES
+from . import cli_options
 from .scale.cli import add_scale_options
 
 __all__ = ["register_generate", "register_prior"]
-
-
-def _slug(text: str, limit: int = 60, fallback: str = "clipag") -> str:
-    """A default output name from a prompt (``clipag generate``, ``vqgan`` and ``style`` share it)."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or fallback
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -50,21 +44,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .generation import GenerateConfig, GenerationInterrupted, Generator
-    from .images import make_grid, numbered, save_gif, save_png
+    from .images import Outputs, check_output, make_grid, numbered, result_path, save_gif, save_png
     from .scale.cli import ScaleRun
 
+    cli_options.apply_threads(args)
+    output = Path(args.output or cli_options.default_output(args.prompts[:1], ".png"))
     try:
         scale = ScaleRun.from_args(args)
+        if not args.prompts and not scale.prompt_file:
+            raise ValueError("give a prompt, e.g. \"a red apple on a table\", or --prompts FILE --out DIR")
+        if not scale.prompt_file:  # with --prompts the files go to --out, which from_args checked
+            check_output(output, "-o/--output", (".png",))
+            check_output(args.frames, "--frames", (".gif",))
         knobs = _parse_set(args.set or []) | scale.knobs
         for key, value in (("size", args.size), ("global_views", args.views), ("patch_views", args.patches),
-                           ("init", args.init), ("amp", args.amp), ("lr", args.lr)):
+                           ("init", args.init), ("lr", args.lr)):
             if value is not None:
                 knobs[key] = value
+        if args.amp != "auto" or "amp" not in knobs:  # --amp's default leaves a --set amp=... alone
+            knobs["amp"] = args.amp
         if args.compile:
             knobs["compile"] = True
         config = dataclasses.replace(GenerateConfig(), steps=args.steps, **knobs)
-        if not args.prompts and not scale.prompt_file:
-            raise ValueError("give a prompt, e.g. \"a red apple on a table\", or --prompts FILE --out DIR")
         if any(not p.strip() for p in args.prompts):
             raise ValueError("a prompt is empty: describe the image to generate, e.g. \"a red apple on a table\"")
         prior = None if args.no_prior else (args.prior or "auto")
@@ -74,13 +75,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 2
     if scale.prompt_file:
         return scale.run(generator)
-    jobs = [(prompt, args.seed + k) for prompt in args.prompts for k in range(args.n)]
-    output = Path(args.output or f"{_slug(args.prompts[0])}.png")
+    jobs = [(prompt, args.seed + k) for prompt in args.prompts for k in range(args.count)]
     several = len(jobs) > 1
     if not args.quiet:
-        start = "prior " + (generator.prior.source or "file") if generator.prior is not None else f"init={config.init}"
+        if generator.prior is not None:
+            start = "prior " + (generator.prior.source or "file")
+        else:  # "auto" without a prior is the noise start: say so, not "init=auto"
+            start = "noise (no prior)" if config.init in ("auto", "noise") else f"init={config.init}"
         print(f"{len(jobs)} image(s), {config.steps} steps, {config.global_views}+{config.patch_views} views, "
               f"{generator.device}, start: {start}", file=sys.stderr)
+    outputs = Outputs("clipag generate")
     images = []
     status = 0
     for i, (prompt, seed) in enumerate(jobs):
@@ -88,20 +92,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
             result = generator.run(prompt, seed=seed, progress=not args.quiet)
         except GenerationInterrupted as stop:
             result, status = stop.result, 130
-        target = numbered(output, i) if several else output
-        print(save_png(result.image, target))
+        outputs.write(save_png, result.image, result_path(output, i, several))
         images.append(result.image)
         if args.frames and result.frames:
-            frames_path = numbered(args.frames, i) if several else Path(args.frames)
-            print(save_gif([*result.frames, result.image], frames_path))
+            outputs.write(save_gif, [*result.frames, result.image], result_path(args.frames, i, several))
         if status:
             print(f"interrupted at step {result.steps_done}: wrote the best image so far (step {result.best_step})",
                   file=sys.stderr)
             break
     if several:
-        print(save_png(make_grid(images, columns=args.n if len(args.prompts) > 1 and args.n > 1 else None),
-                       numbered(output, "grid")))
-    return status
+        grid = make_grid(images, columns=args.count if len(args.prompts) > 1 and args.count > 1 else None)
+        outputs.write(save_png, grid, numbered(output, "grid"))
+    return outputs.status(status)
 
 
 def register_generate(sub: argparse._SubParsersAction) -> None:
@@ -109,14 +111,7 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
                        description="Generate an image from text by optimizing pixels through a robust CLIP "
                                    "(the CLIPAG notebook's algorithm). Any GenerateConfig knob: --set KEY=VALUE.")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="one or more prompts (quote each), or --prompts FILE")
-    p.add_argument("--model", default="ViT-B/32", help="registry name, hf-hub: id, folder or checkpoint file")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n", type=int, default=1, help="images per prompt (seeds SEED, SEED+1, ...)")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("-o", "--output", default=None, help="PNG path (default: the prompt as a file name); several "
-                                                        "images are numbered NAME-000.png plus NAME-grid.png")
-    p.add_argument("--frames", default=None, metavar="GIF", help="also write the optimization as an animated GIF")
+    cli_options.add_common(p, steps=100, steps_source="the notebook's", count="images")
     p.add_argument("--prior", default=None, metavar="FILE", help="start-image prior (default: the cached one "
                                                                  "`clipag prior build` wrote, if any)")
     p.add_argument("--no-prior", action="store_true", help="ignore any prior; start from --init")
@@ -125,12 +120,9 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--views", type=int, default=None, help="global views per step (default 32)")
     p.add_argument("--patches", type=int, default=None, help="patch crops per step (default 32)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 0.0175)")
-    p.add_argument("--amp", choices=AMP_MODES, default=None,
-                   help="autocast (default auto: bf16/fp16 on CUDA, off on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder (CUDA graphs on GPU): "
                                                           "slower first image, faster steps after it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any GenerateConfig field, repeatable")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_scale_options(p, "generate")
     p.set_defaults(func=cmd_generate)
 

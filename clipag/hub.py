@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import os
 import socket
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -226,5 +227,5 @@ def _verified_leftover(download: Path, size: int | None, expected: str | None) -
     if expected and sha != expected:
         download.unlink()
         return None
-    print(f"[clipag] {download}: a verified download is already here; converting it", flush=True)
+    print(f"[clipag] {download}: a verified download is already here; converting it", file=sys.stderr, flush=True)
     return sha

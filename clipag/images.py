@@ -1,16 +1,25 @@
-"""Tensor ↔ PIL conversion and the files generators write: PNG, animated GIF, contact sheets, labelled grids."""
+"""Tensor ↔ PIL conversion and the files generators write: PNG, animated GIF, contact sheets, labelled grids.
+
+Also the two checks that keep a run's result: :func:`check_output` refuses an output path that cannot be written
+before any work starts, and every file is written through :func:`atomic_write`, which saves the result somewhere
+else (and says where) when the target vanished or became unwritable during the run.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import secrets
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ["to_pil", "save_png", "save_gif", "make_grid", "labelled_grid", "model_label", "numbered"]
+__all__ = ["to_pil", "save_png", "save_gif", "make_grid", "labelled_grid", "model_label", "numbered", "result_path",
+           "check_output", "atomic_write", "OutputError", "Outputs"]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -22,13 +31,66 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def _atomic_save(image: Image.Image, path: Path, **kwargs: object) -> None:
-    """Write via a temporary file so an interrupted run never leaves a truncated image behind."""
+class OutputError(OSError):
+    """A result could not be written where asked; ``rescued`` is where it was saved instead (None: nowhere)."""
+
+    def __init__(self, message: str, path: Path, rescued: Path | None) -> None:
+        super().__init__(message)
+        self.path, self.rescued = path, rescued
+
+
+def _write_via_temp(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it into place: never a truncated ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format=kwargs.pop("format", None) or Image.registered_extensions().get(path.suffix.lower()),
-               **kwargs)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # unique: runs may share a folder
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/stem-1.ext``, ``-2``... when taken: a rescue never overwrites a file."""
+    candidate, stem, suffix = folder / name, Path(name).stem, Path(name).suffix
+    k = 0
+    while candidate.exists():
+        k += 1
+        candidate = folder / f"{stem}-{k}{suffix}"
+    return candidate
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], what: str = "the result") -> Path:
+    """Write ``path`` through ``write(tmp_path)`` atomically; return ``path``.
+
+    If that fails (the folder was deleted, a disk filled, permissions changed while a long run worked), the same
+    bytes go to the current folder, else the temporary folder, under the same name, and :class:`OutputError`
+    says both paths: the run's result is never lost to a bad path.
+    """
+    path = Path(path)
+    try:
+        _write_via_temp(path, write)
+        return path
+    except OSError as error:
+        reason = error.strerror or str(error)
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # mkdir's "File exists" would not say which file is in the way
+            reason = f"{blocker} is a file, not a folder"
+        for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+            try:
+                rescued = _free_name(folder, path.name)
+                _write_via_temp(rescued, write)
+            except OSError:
+                continue
+            raise OutputError(f"could not write {path} ({reason}); {what} was saved to {rescued} instead",
+                              path, rescued) from error
+        raise OutputError(f"could not write {path} ({reason}), nor a copy in the current or the temporary folder; "
+                          f"{what} is lost", path, None) from error
+
+
+def _atomic_save(image: Image.Image, path: Path, **kwargs: object) -> None:
+    image_format = kwargs.pop("format", None) or Image.registered_extensions().get(path.suffix.lower())
+    atomic_write(path, lambda tmp: image.save(tmp, format=image_format, **kwargs), what="the image")
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
@@ -121,3 +183,77 @@ def numbered(path: str | os.PathLike, index: int | str) -> Path:
     path = Path(path)
     tag = f"{index:03d}" if isinstance(index, int) else index
     return path.with_name(f"{path.stem}-{tag}{path.suffix}")
+
+
+def result_path(path: str | os.PathLike, index: int, several: bool, compare: bool = False) -> Path:
+    """The one naming rule of the generator CLIs: ``path`` for a single result, ``NAME-003.EXT`` for the fourth
+    of several, ``NAME-003-compare.EXT`` for a ``--compare`` model's (see :mod:`clipag.cli_options`)."""
+    if not several:
+        return Path(path)
+    return numbered(path, f"{index:03d}-compare" if compare else index)
+
+
+# What each kind of output is written as, so a path is refused before a run rather than after it.
+_FORMATS = {".png": "PNG", ".gif": "GIF", ".svg": "SVG"}
+
+
+def check_output(path: str | os.PathLike | None, option: str, suffixes: Sequence[str] = (".png",)) -> None:
+    """Raise ``ValueError`` (naming ``option`` and the path) unless ``path`` can be written: its extension is one of
+    ``suffixes``, it is not a folder, every existing parent is a folder, and this process can create files there.
+
+    Nothing is left behind: the check creates and removes a temporary file (or folder, where the output's folder
+    does not exist yet and will be made by the write).
+    """
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give a file name, e.g. {path / ('result' + suffixes[0])}")
+    if path.suffix.lower() not in suffixes:
+        kinds = " or ".join(f"{_FORMATS.get(s, s)} ({s})" for s in suffixes)
+        raise ValueError(f"{option} {path}: writes {kinds}; give a file name ending in {' or '.join(suffixes)}, "
+                         f"e.g. {path.with_suffix(suffixes[0]).name}")
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
+    try:
+        if existing == folder:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".clipag-check-")
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".clipag-check-"))
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot create files in {existing.resolve()} ({e.strerror or e}); "
+                         "choose another folder") from None
+
+
+class Outputs:
+    """Writes a CLI run's files and prints each path; a file that cannot be written where asked is saved elsewhere
+    (:func:`atomic_write`), reported at once, and the run goes on, so later results are kept too.
+
+    ``status(code)`` is the command's exit code: ``code``, or 1 if any file went elsewhere.
+    """
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.failures: list[OutputError] = []
+
+    def write(self, save: Callable[..., os.PathLike | str], *args: object) -> Path | None:
+        """``save(*args)`` (``save_png``, ``save_gif``, a drawing's ``save_svg``...), its path printed."""
+        try:
+            path = Path(save(*args))
+        except OutputError as e:
+            self.failures.append(e)
+            print(f"{self.command}: error: {e}", file=sys.stderr)
+            if e.rescued is not None:
+                print(e.rescued)
+            return e.rescued
+        print(path)
+        return path
+
+    def status(self, code: int = 0) -> int:
+        return 1 if self.failures and code == 0 else code

@@ -36,11 +36,10 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tb = None
         if tensorboard_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # tensorboard is in the [train] extra
-                raise RuntimeError("--tensorboard needs the tensorboard package: pip install 'clipag[train]'") from e
-            self.tb = SummaryWriter(str(tensorboard_dir), purge_step=purge_step)
+            from .extras import import_module
+
+            tensorboard = import_module("torch.utils.tensorboard", "train", "--tensorboard", package="tensorboard")
+            self.tb = tensorboard.SummaryWriter(str(tensorboard_dir), purge_step=purge_step)
 
     def write(self, record: dict[str, Any], step: int | None = None) -> None:
         record = {k: _plain(v) for k, v in record.items()}

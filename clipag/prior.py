@@ -161,11 +161,9 @@ def _folder_items(folder: Path) -> Iterator[tuple[str, Image.Image]]:
 
 def _dataset_items(name: str, split: str | None, image_column: str | None,
                    label_column: str | None) -> tuple[Iterable[tuple[str, Image.Image]], int]:
-    try:
-        import datasets
-    except ImportError as e:
-        raise ImportError("building a prior from a Hugging Face dataset needs the `datasets` package: "
-                          "pip install datasets (or clipag[train])") from e
+    from .extras import import_module
+
+    datasets = import_module("datasets", "train", "building a prior from a Hugging Face dataset")
     if split is None:
         names = datasets.get_dataset_split_names(name)
         split = next((s for s in ("valid", "validation", "test", "train") if s in names), names[0])

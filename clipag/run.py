@@ -19,7 +19,11 @@ from typing import Any
 
 from . import device_remap, loader, registry, standins, tokenizer, weights
 
-__all__ = ["clip_module", "install_clip_aliases", "install_open_clip_reader", "run_script"]
+__all__ = ["OPENAI_MODELS", "clip_module", "install_clip_aliases", "install_open_clip_reader", "run_script"]
+
+# openai/CLIP's clip.available_models(), in its order
+OPENAI_MODELS = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
+                 "ViT-L/14@336px")
 
 
 def clip_module(model: str | None = None) -> types.ModuleType:
@@ -39,8 +43,16 @@ def clip_module(model: str | None = None) -> types.ModuleType:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return loader.load(model or name, device_remap.remap_device(device), *args, **kwargs)
 
+    def available_models() -> list[str]:
+        """Under ``--model`` every name loads that model, so every OpenAI name is available (scripts often check
+        ``name in clip.available_models()`` before ``clip.load(name)``); otherwise the registry's names."""
+        names = registry.available_models()
+        if model is None:
+            return names
+        return [*OPENAI_MODELS, *(name for name in names if name not in OPENAI_MODELS)]
+
     load.__doc__ = loader.load.__doc__
-    module.load, module.tokenize, module.available_models = load, tokenizer.tokenize, registry.available_models
+    module.load, module.tokenize, module.available_models = load, tokenizer.tokenize, available_models
     module.__all__ = ["load", "tokenize", "available_models"]
     module.__path__ = []  # a package, so `import clip.clip` and `from clip import clip` work
     module.clip = module

@@ -1,6 +1,6 @@
 """Run a CLIP image encoder fast when only the *input* needs gradients (pixel optimization).
 
-Measured on CPU with ViT-B/32 (DESIGN §8 and ``benchmarks/generate.py``), each of these matters once the
+Measured on CPU with ViT-B/32 (``benchmarks/generate.py``; docs/generate.md), each of these matters once the
 weights are frozen:
 
 * frozen weights: no 88M-parameter weight gradients every step;

@@ -32,6 +32,14 @@ class StandIn:
     modules: dict[str, str] = field(default_factory=dict)  # upstream module name -> clipag module
     # auto mode, real package not installed: does a copy the script itself adds to sys.path later still win?
     late_copies_win: bool = True
+    covers: str = ""  # what the stand-in replaces, for the error an uncovered submodule gets (default: modules)
+
+    def not_covered(self, fullname: str) -> ModuleNotFoundError:
+        """The error for ``import NAME.sub`` when ``NAME`` is this stand-in and ``sub`` is not part of it."""
+        covers = self.covers or ", ".join(self.modules)
+        return ModuleNotFoundError(
+            f"No module named {fullname!r}: clipag's stand-in for {self.replaces} covers {covers}. To use the real "
+            f"package, install it and run with --no-standin {self.name}", name=fullname)
 
 
 # One entry per upstream dependency; each adapter adds its own here.
@@ -46,7 +54,16 @@ STANDINS: dict[str, StandIn] = {s.name: s for s in (
         "taming.models": "clipag.adapters.vqgan_clip.taming.models",
         "taming.models.vqgan": "clipag.adapters.vqgan_clip.taming.models.vqgan",
         "taming.models.cond_transformer": "clipag.adapters.vqgan_clip.taming.models.cond_transformer",
-    }, late_copies_win=False),
+        "taming.modules": "clipag.adapters.vqgan_clip.taming.modules",
+        "taming.modules.diffusionmodules": "clipag.adapters.vqgan_clip.taming.modules.diffusionmodules",
+        "taming.modules.diffusionmodules.model": "clipag.adapters.vqgan_clip.taming.modules.diffusionmodules.model",
+        "taming.modules.vqvae": "clipag.adapters.vqgan_clip.taming.modules.vqvae",
+        "taming.modules.vqvae.quantize": "clipag.adapters.vqgan_clip.taming.modules.vqvae.quantize",
+    }, late_copies_win=False, covers="the VQGAN: taming.models.vqgan (VQModel, GumbelVQ), taming.models."
+                                     "cond_transformer (Net2NetTransformer's first stage), taming.modules."
+                                     "diffusionmodules.model (Encoder, Decoder) and taming.modules.vqvae.quantize "
+                                     "(VectorQuantizer2, GumbelQuantize); not taming's losses (LPIPS, the "
+                                     "discriminator), transformers or data"),
 )}
 
 
@@ -68,12 +85,16 @@ class _AliasLoader(importlib.abc.Loader):
 
 
 class _StandInFinder(importlib.abc.MetaPathFinder):
-    def __init__(self, mapping: dict[str, str]) -> None:
-        self.mapping = mapping
+    def __init__(self, standin: StandIn) -> None:
+        self.standin, self.mapping = standin, dict(standin.modules)
 
     def find_spec(self, fullname: str, path: object = None,
                   target: object = None) -> importlib.machinery.ModuleSpec | None:
         if fullname not in self.mapping:
+            top = sys.modules.get(fullname.split(".")[0])
+            if "." in fullname and fullname.split(".")[0] in self.mapping and top is not None \
+                    and top.__name__.startswith("clipag."):  # a submodule of the stand-in it does not have
+                raise self.standin.not_covered(fullname)
             return None
         target_name = self.mapping[fullname]
         is_package = importlib.util.find_spec(target_name).submodule_search_locations is not None
@@ -104,7 +125,7 @@ def install(modes: dict[str, str] | None = None) -> list[str]:
         if mode == "off":
             lines.append(f"[clipag] stand-in {standin.name}: off (the real {standin.replaces} is required)")
             continue
-        finder = _StandInFinder(dict(standin.modules))
+        finder = _StandInFinder(standin)
         if mode == "on":
             sys.meta_path.insert(0, finder)
             lines.append(f"[clipag] stand-in {standin.name}: on, replacing {standin.replaces}")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +25,6 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 TINY_OPENAI = dict(embed_dim=32, image_resolution=224, vision_layers=2, vision_width=64, vision_patch_size=32,
                    context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
                    transformer_layers=2)
-
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +117,19 @@ def http_server(tmp_path):
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", folder, handler
     server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """``python -m clipag.demo --quick`` (~3 min on a free core), run once as the README's quick start runs it: in
+    a fresh folder, offline, as a user types it. ``.cwd`` is that folder (the demo wrote ``runs/pag_demo_quick``
+    there), ``.out`` the demo's folder; ``.stdout``/``.stderr`` what it printed. tests/test_demo.py checks its
+    numbers, tests/test_readme.py the quick start that continues in ``.cwd``."""
+    cwd = tmp_path_factory.mktemp("quickstart")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPAG_CACHE": str(cwd / ".cache" / "clipag"),
+           "HF_HUB_CACHE": str(cwd / ".cache" / "hf"), "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "clipag.demo", "--quick"]
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return SimpleNamespace(cwd=cwd, out=cwd / "runs" / "pag_demo_quick", env=env, argv=argv, stdout=proc.stdout,
+                           stderr=proc.stderr)

@@ -68,6 +68,15 @@ def test_unknown_model_lists_available(tmp_path):
     assert result.returncode == 1 and "Model nope not found; available models = ['ViT-B/32'" in result.stderr
 
 
+@pytest.mark.parametrize("args", [["download", "vqgan_imagenet_f16_1638"], ["import", "vqgan_imagenet_f16_1638", "x"]])
+def test_a_typo_lists_the_vqgans_too_and_the_closest_names(tmp_path, args):
+    """download and import take VQGAN names as well as CLIP names: a typo lists both and suggests the closest."""
+    result = _run(args, tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "available models = ['ViT-B/32'" in result.stderr and "VQGANs (for clipag vqgan) = [" in result.stderr
+    assert "did you mean vqgan_imagenet_f16_16384" in result.stderr
+
+
 SCRIPT = textwrap.dedent("""
     import json, sys
     import clip

@@ -6,11 +6,9 @@ model's do not. The margins come from QUICK's measured spread over seeds (docs/d
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 
-from clipag.demo.pipeline import QUICK, run_demo
 from clipag.demo.report import format_table
 
 # QUICK over seeds 0-3 (docs/demo.md): PGD accuracy, robust minus vanilla, +52 to +55 points; judged
@@ -22,18 +20,22 @@ JUDGE_MARGIN = 0.08  # two images of 24
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pag_demo")
-    return out, run_demo(out, replace(QUICK, seed=0), log=lambda message: None)
+def demo(quick_demo):
+    """``python -m clipag.demo --quick`` (QUICK, seed 0), run once for the session (conftest.quick_demo)."""
+    return quick_demo.out, json.loads((quick_demo.out / "results.json").read_text())
 
 
-def test_outputs_and_table(demo):
+def test_outputs_and_table(demo, quick_demo):
     out, results = demo
-    assert json.loads((out / "results.json").read_text()) == results
+    assert results["config"]["seed"] == 0 and results["config"]["train_samples"] == 6000  # QUICK's
     assert (out / "grid.png").stat().st_size > 0
     assert (out / "shards" / "shapes-00000.tar").is_file()
     table = format_table(results)
     assert "| vanilla |" in table and "| robust |" in table
+    assert quick_demo.stdout.startswith(table)  # what it printed is what it saved
+    for name in ("vanilla", "robust"):
+        assert (out / name / "export" / "open_clip_model.safetensors").is_file()
+        assert f"{out.relative_to(quick_demo.cwd) / name / 'export'}" in quick_demo.stdout
 
 
 def test_both_models_know_the_classes(demo):

@@ -62,6 +62,7 @@ def test_helpers(tmp_path):
     assert len(load_templates("simple")) == 7 and len(load_templates("openai")) == 80
     assert load_templates("a {} here") == ["a {} here"]
     assert _eps_name(4 / 255) == "4/255" and _eps_name(0.5) == "0.5"
+    assert _eps_name(1.0) == "1" and _eps_name(2.0) == "2" and _eps_name(1.5) == "1.5"  # not 255/255, 510/255
     torch.manual_seed(0)
     model = PixelCLIP(build_model(TEST_CONFIG))
     weights = zero_shot_weights(model, names, ["a {}.", "the {}."], "cpu")

@@ -94,6 +94,8 @@ def test_export_loads_through_clipag_load_and_the_hub_cache(pretrained, monkeypa
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "open_clip_config.json",
                                                         "open_clip_model.safetensors"]
     assert (folder / "open_clip_model.safetensors").stat().st_mode & 0o044  # readable by others, like the JSON
+    card = (folder / "README.md").read_text()
+    assert "python -m clipag.finetune" in card and "](https://github.com/)" not in card  # no placeholder link
     config = json.loads((folder / "open_clip_config.json").read_text())
     assert config["model_cfg"]["vision_cfg"]["image_size"] == 32 and config["preprocess_cfg"]["size"] == 32
     model, preprocess = clipag.load(str(folder), device="cpu")

@@ -41,7 +41,7 @@ def test_cli_writes_png_and_gif_of_the_model_size(model_dir, tmp_path):
 
 def test_cli_several_prompts_and_seeds_are_numbered_with_a_grid(model_dir, tmp_path, capsys):
     out = tmp_path / "run.png"
-    assert main(["generate", "a cat", "a dog", "--n", "2", "--model", str(model_dir), "-o", str(out), *QUICK]) == 0
+    assert main(["generate", "a cat", "a dog", "-n", "2", "--model", str(model_dir), "-o", str(out), *QUICK]) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["run-000.png", "run-001.png", "run-002.png", "run-003.png", "run-grid.png"]
     with Image.open(tmp_path / "run-grid.png") as grid:

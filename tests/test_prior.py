@@ -117,8 +117,9 @@ def test_hf_dataset_source(monkeypatch):
 
 def test_missing_datasets_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(ImportError, match="pip install datasets"):
+    with pytest.raises(ImportError, match=r"needs datasets, from clipag's \[train\] extra") as info:
         build_prior("Maysee/tiny-imagenet")
+    assert 'pip install -e ".[train]"' in str(info.value)
 
 
 def test_generation_starts_from_the_prior(tmp_path):

@@ -52,7 +52,7 @@ def test_manifest_lists_every_item_with_its_hashes(model_dir, tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red apple\na blue car\n")
     out = tmp_path / "out"
-    assert generate(model_dir, prompts, out, "--n", "2", "--seed", "5") == 0
+    assert generate(model_dir, prompts, out, "-n", "2", "--seed", "5") == 0
     rows = records(out)
     assert len(rows) == 4 and all(REQUIRED <= set(r) for r in rows)
     assert [(r["prompt"], r["seed"]) for r in rows] == [("a red apple", 5), ("a red apple", 6), ("a blue car", 5),

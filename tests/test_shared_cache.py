@@ -202,7 +202,7 @@ def test_killed_conversion_resumes_from_the_download_and_cleans_up(served_entry)
     again = _start(served_entry)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0 and "LOADED" in out, err[-2000:]
-    assert "a verified download is already here" in out
+    assert "a verified download is already here" in err
     assert len(served_entry["handler"].requests) == requests  # not downloaded again
     assert not list(folder.glob(".*.tmp"))  # the killed writer's temp file is gone
     assert sorted(p.name for p in folder.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors",

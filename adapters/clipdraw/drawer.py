@@ -1,6 +1,6 @@
 """CLIPDraw (Frans et al. 2021) with any CLIP ``clipag.load`` takes: optimize vector strokes so CLIP sees the prompt.
 
-The algorithm and its defaults are kvfrans/clipdraw's (DESIGN §6): 256 open cubic Bézier strokes of 1–3
+The algorithm and its defaults are kvfrans/clipdraw's (docs/clipdraw.md): 256 open cubic Bézier strokes of 1–3
 segments starting within 0.1 of the canvas around a random point, width 1, random RGBA; Adam on points (lr 1,
 then 0.4 from 50% and 0.1 from 75% of the steps), widths (0.1, clamped to [1, 50]) and colours (0.01, clamped
 to [0, 1]); each step renders the strokes over white and scores 4 augmented views (perspective 0.5 with white
@@ -9,9 +9,9 @@ view)`` for upstream's two negative prompts. Views are not normalized by default
 
 Deviations, each documented in docs/clipdraw.md: the render is composited over white *inside* the rasterizer
 (exact anti-aliasing, so PNG and SVG agree; diffvg's un-premultiplied output darkens edges slightly), views are
-resized to the model's input size when it is not the canvas's, Ctrl-C keeps the lowest-loss drawing so far,
-and the random start strokes come from ``random.Random(seed)`` drawn in upstream's order (so
-``random.seed(seed)`` before upstream's loop gives the same start).
+resized to the model's input size when it is not the canvas's, Ctrl-C keeps what ``keep`` asks for (the last
+completed step's drawing by default), and the random start strokes come from ``random.Random(seed)`` drawn in
+upstream's order (so ``random.seed(seed)`` before upstream's loop gives the same start).
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipag.augment import resize_to
+from clipag.extras import import_module
 from clipag.images import to_pil
 from clipag.loader import input_resolution, resolve_model
+from clipag.precision import autocast_for, check_amp
 from clipag.progress import Interrupted, run_steps
 from clipag.scale.memory import ViewBudget
 from clipag.scale.views import ViewBatcher, ViewPart
@@ -71,7 +73,8 @@ class DrawConfig(ViewBudget):
     normalize: bool = False  # upstream's use_normalized_clip
     negative: bool = False  # upstream's use_negative
     negative_weight: float = 0.3
-    keep: str = "last"  # last (upstream) | best (the lowest-loss drawing)
+    keep: str = "last"  # last (upstream) | best (the lowest-loss drawing); Ctrl-C keeps the same
+    amp: str = "auto"  # CLIP under autocast: auto (bf16/fp16 on CUDA, off elsewhere), bf16, fp16, off
     frame_every: int = 10  # keep a frame every this many steps (0 = none)
     fast: bool = True  # clipag.speed's encoder fast paths (same maths); weights are frozen either way
 
@@ -86,6 +89,7 @@ class DrawConfig(ViewBudget):
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+        check_amp(self.amp)
         self.validate_budget()
 
 
@@ -176,7 +180,7 @@ class Drawer:
 
     def __init__(self, model: Any = "ViT-B/32", *, device: str | torch.device | None = None,
                  config: DrawConfig | None = None, preprocess: Any = None) -> None:
-        import kornia.augmentation as K
+        K = import_module("kornia.augmentation", "clipdraw", "CLIPDraw")
 
         self.config = cfg = config or DrawConfig()
         cfg.validate()
@@ -232,8 +236,10 @@ class Drawer:
         return batch
 
     def encode(self, views: torch.Tensor) -> torch.Tensor:
-        """Unit-norm float32 features of (already normalised, if configured) views."""
-        return F.normalize(self.model.encode_image(views).float(), dim=-1)
+        """Unit-norm float32 features of (already normalised, if configured) views, under the ``amp`` autocast."""
+        with autocast_for(self.config.amp, self.device):
+            encoded = self.model.encode_image(views)
+        return F.normalize(encoded.float(), dim=-1)
 
     def loss_of(self, features: torch.Tensor, text: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
         """Upstream's loss of these views' features: ``-Σ cos(text, view) (+ w Σ cos(negative, view))``; a sum over
@@ -296,6 +302,7 @@ class DrawSession:
                                            {"params": [self.strokes.colors], "lr": cfg.lr_color}])
         self.switches = {int(cfg.steps * fraction): lr for fraction, lr in cfg.schedule}
         self.best, self.best_loss, self.best_step = self.strokes.detached(), math.inf, -1
+        self.last = self.strokes.detached()  # after the last completed step: what Ctrl-C keeps with keep="last"
         self.losses: list[float] = []
         self.frames: list[Image.Image] = []
         self.t0 = time.perf_counter()
@@ -321,6 +328,7 @@ class DrawSession:
         with torch.no_grad():
             strokes.widths.clamp_(1.0, cfg.max_width)
             strokes.colors.clamp_(0.0, 1.0)
+        self.last = strokes.detached()
         self.losses.append(value)
         if cfg.frame_every and (t % cfg.frame_every == 0 or t == cfg.steps - 1):
             self.frames.append(to_pil(self._image.detach()))
@@ -331,10 +339,13 @@ class DrawSession:
         return self.drawer.step_many([self])[0]
 
     def result(self, interrupted: bool = False) -> Drawing:
-        """Ctrl-C keeps the best drawing so far (the last step may be half done); a finished run keeps cfg.keep."""
+        """The drawing ``cfg.keep`` asks for: the last one or the lowest-loss one. After Ctrl-C, "last" is the drawing
+        of the last completed step (the interrupted step may have moved only some of the strokes)."""
         cfg = self.drawer.config
-        keep_best = (interrupted or cfg.keep == "best") and self.best_step >= 0
-        kept = self.best if keep_best else self.strokes.detached()
+        if cfg.keep == "best" and self.best_step >= 0:
+            kept = self.best
+        else:
+            kept = self.last if interrupted else self.strokes.detached()
         with torch.no_grad():
             image = to_pil(self.drawer.render(kept))  # kept comes from the strokes, already on the device
         return Drawing(self.prompt, self.seed, kept, image, cfg.size, self.best_step, self.best_loss,

@@ -13,7 +13,8 @@
   (diffvg's default) is computed analytically, so ``num_samples_*`` and ``seed`` do not change the result
   (``set_sampling("supersample")`` evaluates ``max(num_samples_x, num_samples_y)``² sub-pixels instead);
 * ``set_use_gpu``/``get_use_gpu``, ``set_device``/``get_device`` (a CUDA device goes through
-  ``clipag run --device``'s remapping), ``set_print_timing``, ``imwrite``, ``save_svg``, ``svg_to_scene``.
+  ``clipag run --device``'s remapping), ``set_print_timing``, ``imwrite``, ``save_svg``, ``svg_to_scene``,
+  ``prettify`` (an ElementTree element as indented XML, as scripts that build their own SVG call it).
 
 Not covered, and raising ``NotImplementedError`` that names the call: gradient colours, per-point stroke
 widths, pixel filters other than a 0.5-radius box, ``use_prefiltering``, ``OutputType.sdf``,
@@ -40,7 +41,7 @@ from .svg import save_svg as _save_svg
 
 __all__ = ["Path", "Polygon", "Rect", "Circle", "Ellipse", "ShapeGroup", "LinearGradient", "RadialGradient",
            "PixelFilter", "FilterType", "OutputType", "RenderFunction", "set_use_gpu", "get_use_gpu", "set_device",
-           "get_device", "set_print_timing", "set_sampling", "imwrite", "save_svg", "svg_to_scene"]
+           "get_device", "set_print_timing", "set_sampling", "imwrite", "save_svg", "svg_to_scene", "prettify"]
 
 
 class FilterType(enum.IntEnum):
@@ -198,6 +199,15 @@ def imwrite(img: Any, filename: str, gamma: float = 2.2, normalize: bool = False
 def save_svg(filename: str, width: int, height: int, shapes: list, shape_groups: list,
              use_gamma: bool = False) -> None:
     _save_svg(filename, width, height, shapes, shape_groups, use_gamma=use_gamma)
+
+
+def prettify(elem: Any) -> str:
+    """diffvg's ``prettify``: the ElementTree element ``elem`` as a string with an XML declaration, one element per
+    line, children indented by two spaces (xml.dom.minidom's pretty printing, which diffvg's output has)."""
+    from xml.dom import minidom
+    from xml.etree import ElementTree
+
+    return minidom.parseString(ElementTree.tostring(elem, encoding="utf-8")).toprettyxml(indent="  ")
 
 
 def svg_to_scene(filename: str) -> tuple[int, int, list, list]:

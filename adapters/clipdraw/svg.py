@@ -104,15 +104,14 @@ def svg_string(width: int, height: int, shapes: Sequence[Any], groups: Sequence[
 
 def save_svg(filename: str | os.PathLike, width: int, height: int, shapes: Sequence[Any], groups: Sequence[Any],
              use_gamma: bool = False, background: str | None = None) -> FilePath:
-    """Write the scene as SVG (atomically: a partial file never replaces a good one)."""
+    """Write the scene as SVG (atomically, and saved elsewhere if ``filename`` cannot be written: see
+    :func:`clipag.images.atomic_write`)."""
+    from clipag.images import atomic_write
+
     if use_gamma:
         raise NotImplementedError("save_svg(use_gamma=True) (diffvg's gamma filter) is not covered by clipag")
-    path = FilePath(filename)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(svg_string(width, height, shapes, groups, background))
-    os.replace(tmp, path)
-    return path
+    text = svg_string(width, height, shapes, groups, background)
+    return atomic_write(FilePath(filename), lambda tmp: tmp.write_text(text), what="the drawing")
 
 
 # -- reading ----------------------------------------------------------------------------------------------------

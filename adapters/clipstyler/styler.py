@@ -3,7 +3,7 @@
 A fresh :class:`~.stylenet.StyleNet` is trained on one content image for ``steps`` Adam steps. Each step the
 network's output is judged by CLIP (the directional loss on the whole image, the thresholded patch loss on 64
 random perspective-warped crops) and by VGG19 (content loss), with a total-variation term. Upstream's defaults
-are :class:`StyleConfig`'s (DESIGN §6). What is different from upstream's ``train_CLIPstyler.py``:
+are :class:`StyleConfig`'s (docs/clipstyler.md lists them). What is different from upstream's ``train_CLIPstyler.py``:
 
 * CLIP's weights are frozen and run under :func:`clipag.speed.input_grad_mode` (upstream computes and
   accumulates CLIP weight gradients every step, which nothing reads); the crops and the whole image go
@@ -67,11 +67,12 @@ class StyleConfig(ViewBudget):
     templates: tuple[str, ...] | None = None  # prompt templates averaged per text; None = the 79 ImageNet ones
     contrast: float | None = 1.5  # upstream's saved image: contrast ×1.5, then stretched to [0, 1]; None = raw
     amp: str = "auto"  # autocast for CLIP: auto (CUDA bf16/fp16, CPU off) | bf16 | fp16 | off
+    frame_every: int = 0  # keep the output every this many steps as a frame (0 = none)
     fast: bool = True  # clipag.speed's encoder fast paths (same maths); CLIP's weights are frozen either way
 
     def validate(self) -> None:
-        if self.steps < 0 or self.crops < 1 or self.crop_size < 1:
-            raise ValueError("steps must be >= 0, crops and crop_size >= 1")
+        if self.steps < 0 or self.crops < 1 or self.crop_size < 1 or self.frame_every < 0:
+            raise ValueError("steps and frame_every must be >= 0, crops and crop_size >= 1")
         if self.size is not None:
             if len(self.size) != 2 or any(not isinstance(s, int) or s < 8 or s % 8 for s in self.size):
                 raise ValueError(f"size must be (width, height), each a multiple of 8 (StyleNet halves it three "
@@ -100,6 +101,7 @@ class StyleResult:
     image: Image.Image  # finished as upstream saves it (see StyleConfig.contrast)
     raw: torch.Tensor  # StyleNet's output, (1, 3, H, W) in (0, 1), on the CPU
     losses: list[dict[str, float]] = field(default_factory=list)
+    frames: list[Image.Image] = field(default_factory=list)  # every frame_every steps, before that step's update
     steps_done: int = 0
     seconds: float = 0.0
     interrupted: bool = False
@@ -267,6 +269,7 @@ class StyleSession:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         self.losses: list[dict[str, float]] = []
+        self.frames: list[Image.Image] = []
         self._t0 = time.perf_counter()
 
     def _clip_terms(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,6 +300,7 @@ class StyleSession:
         content = L.content_loss(s.vgg(output), self.content_features)
         tv = L.total_variation(output)
         self._other = {"content": content.detach(), "tv": tv.detach()}
+        self._output = output.detach()
         views = torch.cat([s.whole_view(output), s.crop_views(output, self._gen)])
         return ViewPart(views, self._partial_loss, extra=cfg.lambda_content * content + cfg.lambda_tv * tv)
 
@@ -309,6 +313,10 @@ class StyleSession:
 
     def finish(self, features: torch.Tensor) -> StyleStep:
         """The second half: one Adam step on the StyleNet and one step of its learning-rate schedule."""
+        every = self.styler.config.frame_every
+        if every and len(self.losses) % every == 0:
+            self.frames.append(to_pil(finish(self._output.float().cpu(), self.styler.config.contrast)))
+        self._output = None
         self.optimizer.step()
         self.scheduler.step()
         with torch.no_grad():
@@ -331,7 +339,7 @@ class StyleSession:
     def result(self, interrupted: bool = False) -> StyleResult:
         raw = self.output().cpu()
         return StyleResult(text=self.text, seed=self.seed, image=to_pil(finish(raw, self.styler.config.contrast)),
-                           raw=raw, losses=self.losses, steps_done=len(self.losses),
+                           raw=raw, losses=self.losses, frames=list(self.frames), steps_done=len(self.losses),
                            seconds=time.perf_counter() - self._t0, interrupted=interrupted)
 
 

@@ -21,11 +21,9 @@ DEFAULT_AUGMENTS = ("Af", "Pe", "Ji", "Er")
 
 
 def _kornia() -> object:
-    try:
-        import kornia.augmentation as K
-    except ImportError as e:  # pragma: no cover - kornia is in the [vqgan-clip] extra
-        raise ImportError("VQGAN+CLIP needs kornia: pip install \"clipag[vqgan-clip]\"") from e
-    return K
+    from clipag.extras import import_module
+
+    return import_module("kornia.augmentation", "vqgan-clip", "VQGAN+CLIP")
 
 
 # VQGAN-CLIP's -aug codes → the kornia augmentation it builds (cut = CLIP's input size).

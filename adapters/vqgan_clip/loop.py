@@ -3,7 +3,7 @@
 Per step: the latent ``z`` is snapped to its nearest codebook entries (straight-through), decoded to an image
 in [0, 1], seen as ``cutn`` augmented cutouts, encoded by CLIP, and scored against each prompt by the
 spherical distance with its weight and stop threshold; Adam (lr 0.1) moves ``z``, which is then clamped to
-the codebook's per-channel range. Defaults are VQGAN-CLIP's; DESIGN §6 and docs/vqgan_clip.md list them.
+the codebook's per-channel range. Defaults are VQGAN-CLIP's; docs/vqgan_clip.md lists them.
 
 Differences that change no result: the cutouts are pooled once (VQGAN-CLIP pools the same image ``cutn`` times),
 the codebook lookup is an index instead of a one-hot matmul, CLIP's weights are frozen and run on

@@ -24,5 +24,10 @@ def train(argv: list[str] | None = None, **overrides: Any) -> TrainResult:
 def main(argv: list[str] | None = None) -> int:
     import sys
 
-    train(sys.argv[1:] if argv is None else argv)
+    from ..extras import MissingExtra
+
+    try:
+        train(sys.argv[1:] if argv is None else argv)
+    except MissingExtra as e:
+        raise SystemExit(f"python -m clipag.finetune: error: {e}") from None
     return 0

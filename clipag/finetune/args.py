@@ -6,8 +6,10 @@ import argparse
 from typing import Any
 
 from ..attacks import NORMS
-from ..datasets import DATASET_TYPES, guess_dataset_type
+from ..cli_options import ArgumentParser
+from ..datasets import DATASET_TYPES, guess_dataset_type, needs_webdataset
 from ..eval import parse_epsilon
+from ..extras import require
 
 __all__ = ["build_parser", "parse_args", "from_scratch", "OBJECTIVES", "DATASET_TYPES", "PRECISIONS"]
 
@@ -27,7 +29,7 @@ def from_scratch(args: argparse.Namespace) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m clipag.finetune", formatter_class=_Formatter,
         description="Adversarially finetune the image tower of any open_clip/clipag CLIP (CLIPAG, FARE, TeCoA), "
                     "or pretrain a CLIP from scratch (--epsilon 0 --unlock-text). Runs on one CPU or GPU, or "
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(group: argparse._ArgumentGroup, *flags: str, default: Any = None, source: str | None = None,
             help: str, shown: str | None = None, **kwargs: Any) -> None:
         if shown is None:
-            shown = "off" if default is False else "on" if default is True else default
+            shown = "off" if default is False else "on" if default is True else "unset" if default is None else default
         note = f" (default: {shown}" + (f"; source: {source})" if source else ")")
         group.add_argument(*flags, default=default, help=help + note, **kwargs)
 
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--image-key", default="jpg;jpeg;png;webp", source="img2dataset",
         help="webdataset image extensions, first present wins")
     add(g, "--caption-key", default="txt", source="img2dataset", help="webdataset caption extension")
-    add(g, "--csv-separator", default=None, source="clipag: tab for .tsv, comma otherwise",
+    add(g, "--csv-separator", default=None, shown="tab for .tsv, comma otherwise", source="clipag",
         help="CSV/TSV column separator")
     add(g, "--csv-img-key", default="filepath", source="open_clip_train", help="CSV column with image paths")
     add(g, "--csv-caption-key", default="title", source="open_clip_train", help="CSV column with captions")
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--norm", default="l2", choices=NORMS, source="CLIPAG (L2)", help="threat model of the training attack")
     add(g, "--epsilon", type=parse_epsilon, default=1.5, source="CLIPAG's pseudo-code, L2 in [0,1] pixels",
         help="attack budget in [0,1] pixel units, e.g. 4/255 for linf; 0 = clean training")
-    add(g, "--attack-steps", type=int, default=3, source="measured here: 3-step L2 PGD, DESIGN §7",
+    add(g, "--attack-steps", type=int, default=3, source="measured here: the CPU walkthrough in docs/finetune.md",
         help="PGD steps (1 = FGSM with random start)")
     add(g, "--attack-step-size", type=parse_epsilon, source="2.5·ε/steps, Madry et al. 2018",
         help="PGD step at full ε; scaled with ε during the ramp")
@@ -170,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--hub-private", default=False, action="store_true", source="clipag", help="create the repo private")
     add(g, "--threads", type=int, default=None, source="torch: one per core; measured here: 1 is ~3x faster for "
         "32 px toy models", help="CPU threads per rank (torch.set_num_threads)")
-    add(g, "--device", default="auto", source="clipag: cuda:LOCAL_RANK if available", help="torch device")
+    add(g, "--device", default="auto", shown="cuda if available (cuda:LOCAL_RANK under torchrun), else cpu",
+        source="clipag, as every clipag command", help="torch device")
     add(g, "--dist-backend", default="auto", source="torch: nccl on CUDA, gloo on CPU", help="DDP backend")
     return p
 
@@ -190,6 +193,10 @@ def parse_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Name
         args.dataset_type = guess_dataset_type(args.train_data)
     if args.dataset_type != "synthetic" and not args.train_data:
         parser.error(f"--train-data is required with --dataset-type {args.dataset_type}")
+    if args.dataset_type == "webdataset" or needs_webdataset(args.eval_data):
+        require("train", "python -m clipag.finetune on webdataset shards", ["webdataset"])
+    if args.tensorboard:
+        require("train", "python -m clipag.finetune --tensorboard", ["tensorboard"])
     if args.objective == "fare" and args.unlock_text:
         parser.error("--objective fare compares image embeddings only; --unlock-text has nothing to train")
     if args.epsilon < 0 or not 0 <= args.epsilon_warmup <= 1:

@@ -28,7 +28,8 @@ tags: [clip, clipag, adversarial-training, robust]
 ---
 # {title}
 
-Finetuned with `python -m clipag.finetune` ([clipag](https://github.com/)).
+Finetuned with `python -m clipag.finetune` (clipag: CLIP with Perceptually Aligned Gradients, after CLIPAG,
+Ganz & Elad, WACV 2024).
 
 | | |
 |---|---|

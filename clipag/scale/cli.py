@@ -128,7 +128,7 @@ class ScaleRun:
         from .items import content_images, read_items
 
         args = self.args
-        count = args.count if hasattr(args, "count") else getattr(args, "n", 1)
+        count = args.count
         contents = content_images(args.content) if self.command == "style" else None
         return read_items(self.prompt_file, self.command, seed=args.seed, count=count, defaults=defaults,
                           contents=contents)

@@ -5,7 +5,7 @@
   file's stem), ``content`` (``style``: the content image) and any field of the command's config (``steps``,
   ``lr``, ``size``...), which overrides the command line's value for that item.
 
-Every line gives ``count`` items (the command's ``-n``/``--n``), seeds ``seed, seed+1, ...`` from the line's
+Every line gives ``count`` items (the command's ``-n``/``--count``), seeds ``seed, seed+1, ...`` from the line's
 ``seed`` or the command's ``--seed``. For ``style`` the lines are style texts, crossed with the content images
 (a file, a folder of images, or a ``.txt`` list of image paths). An item's key hashes what makes it (command,
 prompt, seed, content image bytes, its own settings), so it names the same output in every run, whatever the

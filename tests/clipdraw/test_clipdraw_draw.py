@@ -96,16 +96,43 @@ def test_same_seed_same_drawing_and_the_callers_rng_is_untouched(model_dir):
     assert a.svg() == b.svg() and a.svg() != c.svg()
 
 
-def test_ctrl_c_keeps_the_best_drawing_so_far(model_dir):
+def _interrupt_at(step_index: int):
     def stop(step, loss):
-        if step == 2:
+        if step == step_index:
             raise KeyboardInterrupt
+    return stop
 
+
+def test_ctrl_c_keeps_the_last_completed_drawing_by_default(model_dir):
+    """keep="last" (upstream's, the default) holds after Ctrl-C too: the drawing after the last completed step."""
+    with one_thread():
+        drawer = Drawer(model_dir, device="cpu", config=DrawConfig(steps=10, **SMALL))
+        session = drawer.session("a tree", seed=0)
+        for _ in range(3):
+            session.step()
+        expected = session.strokes.detached()
+        with pytest.raises(DrawingInterrupted) as info:
+            drawer.run("a tree", seed=0, callback=_interrupt_at(2))
+    result = info.value.result
+    assert result.interrupted and result.steps_done == 3
+    assert torch.equal(result.strokes.points, expected.points) and torch.equal(result.strokes.colors, expected.colors)
+    assert result.best_loss == min(result.losses)
+
+
+def test_ctrl_c_keeps_the_best_drawing_with_keep_best(model_dir):
     with one_thread(), pytest.raises(DrawingInterrupted) as info:
-        Drawer(model_dir, device="cpu", config=DrawConfig(steps=10, **SMALL)).run("a tree", callback=stop)
+        config = DrawConfig(steps=10, keep="best", **SMALL)
+        Drawer(model_dir, device="cpu", config=config).run("a tree", callback=_interrupt_at(2))
     result = info.value.result
     assert result.interrupted and result.steps_done == 3
     assert result.best_loss == min(result.losses) and result.best_step == result.losses.index(result.best_loss)
+    with one_thread():
+        session = Drawer(model_dir, device="cpu", config=config).session("a tree", seed=0)
+        starts = []
+        for _ in range(3):
+            starts.append(session.strokes.detached())
+            session.step()
+    assert torch.equal(result.strokes.points, starts[result.best_step].points)
 
 
 def test_normalize_uses_the_models_own_mean_and_std(model_dir):
@@ -125,7 +152,8 @@ def test_cli_draws_svg_png_gif_and_a_comparison_grid(model_dir, tmp_path, capsys
                        "--strokes", "12", "--size", "64", "--device", "cpu", "-o", str(tmp_path / "out.svg"),
                        "--png", str(tmp_path / "out.png"), "--frames", str(tmp_path / "out.gif"), "-q"])
     assert status == 0
-    for name in ("out-000.svg", "out-compare-000.svg", "out-000.png", "out-000.gif", "out-grid.png"):
+    for name in ("out-000.svg", "out-000-compare.svg", "out-000.png", "out-000-compare.png", "out-000.gif",
+                 "out-grid.png"):
         assert (tmp_path / name).is_file(), name
     root = ET.parse(tmp_path / "out-000.svg").getroot()
     assert len(root.findall("{http://www.w3.org/2000/svg}path")) == 12
@@ -163,3 +191,15 @@ def test_draw_function_rejects_unknown_options():
     with pytest.raises(TypeError, match="unknown drawing option"):
         draw("x", model=tiny_model(32), colour="red")
     assert dataclasses.fields(DrawConfig)
+
+
+@pytest.mark.parametrize("amp, expected", [("bf16", True), ("off", False), ("auto", False)])  # auto: off on CPU
+def test_amp_puts_the_encoder_under_autocast_as_in_the_other_optimisers(model_dir, amp, expected):
+    seen = []
+    with one_thread():
+        drawer = Drawer(model_dir, device="cpu", config=DrawConfig(steps=1, amp=amp, **SMALL))
+        encode = drawer.model.encode_image
+        drawer.model.encode_image = lambda x: (seen.append(torch.is_autocast_enabled("cpu")), encode(x))[1]
+        result = drawer.run("a fox")
+    # every encoder call (the first step also measures what a view costs: clipag.scale.views) is under autocast
+    assert seen and set(seen) == {expected} and result.losses[0] == result.losses[0]  # and the loss is a number

@@ -60,10 +60,10 @@ def test_cli_compare_writes_both_and_a_labelled_grid(models, photo, vgg_cache, t
     out = tmp_path / "cmp.png"
     assert main(["style", str(photo), "fire", "--model", str(models["a"]), "--compare", str(models["b"]),
                  "-o", str(out), *QUICK]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp-000.png", "cmp-001.png", "cmp-grid.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp-000-compare.png", "cmp-000.png", "cmp-grid.png"]
     with Image.open(tmp_path / "cmp-grid.png") as grid:
         assert grid.size == (120 + 3 * 64 + 2 * 12, 20 + 64)  # label, content | model a | model b
-    with Image.open(tmp_path / "cmp-000.png") as a, Image.open(tmp_path / "cmp-001.png") as b:
+    with Image.open(tmp_path / "cmp-000.png") as a, Image.open(tmp_path / "cmp-000-compare.png") as b:
         assert a.tobytes() != b.tobytes()
 
 

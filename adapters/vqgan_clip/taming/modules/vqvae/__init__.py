@@ -1,0 +1,1 @@
+"""``taming.modules.vqvae`` (stand-in): only ``quantize``, the VQGAN's quantizers."""
