@@ -164,7 +164,8 @@ def test_option_mistakes_are_caught_before_any_model_loads(tmp_path, capsys):
              (["generate"], "give a prompt"),
              (["draw", "--prompts", str(prompts), "--out", "o", "--compare", "m"], "--compare is not available"),
              (["style", "photo.png", "--prompts", str(prompts), "--out", "o"], "content image photo.png not found"),
-             (["vqgan", "--prompts", str(prompts)], "needs --out DIR")]
+             (["vqgan", "--prompts", str(prompts)], "needs --out DIR"),
+             (["generate", "--prompts", str(prompts), "--out", str(prompts)], "is a file, not a folder")]
     for argv, message in cases:
         assert main([*argv, "--model", str(tmp_path / "no-such-model")]) == 2, argv
         assert message in capsys.readouterr().err, argv

@@ -102,6 +102,9 @@ class ScaleRun:
             return run
         run._check_prompt_mode()
         run.prompt_file, run.out = Path(args.prompt_file), Path(args.out)
+        from ..images import check_output
+
+        check_output(run.out / "manifest.jsonl", "--out", (".jsonl",))  # a folder this process can write in
         run.items(_default_config(command))  # the file's mistakes now, before a model loads
         if launched_distributed():
             from ..finetune.distributed import setup
