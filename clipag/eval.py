@@ -290,9 +290,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    from .images import check_output, check_output_folder
     from .metrics import MetricsWriter
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # before the model loads and the attacks run
+        check_output(args.output, "--output", (".jsonl", ".json"), append=True)
+        check_output_folder(args.tensorboard, "--tensorboard")
+    except ValueError as e:
+        parser.error(str(e))
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if datasets.needs_webdataset(args.data, args.dataset_type):
         require("train", "python -m clipag.eval on webdataset shards", ["webdataset"])

@@ -128,16 +128,19 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_prior_build(args: argparse.Namespace) -> int:
+    from .images import check_output
     from .prior import build_prior, default_prior_path
 
+    output = args.output or default_prior_path()
     try:
+        check_output(output, "-o/--output", (".safetensors",))
         prior = build_prior(args.source, resolution=args.resolution, jitter=args.jitter, split=args.split,
                             image_column=args.image_column, label_column=args.label_column,
                             max_per_class=args.max_per_class, progress=True)
     except ValueError as e:
         print(f"clipag prior build: error: {e}", file=sys.stderr)
         return 2
-    path = prior.save(args.output or default_prior_path())
+    path = prior.save(output)
     print(f"{len(prior)} classes, {sum(prior.counts)} images, {prior.resolution}x{prior.resolution}, "
           f"{path.stat().st_size / 2**20:.1f} MiB", file=sys.stderr)
     print(path)

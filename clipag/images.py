@@ -1,8 +1,8 @@
 """Tensor ↔ PIL conversion and the files generators write: PNG, animated GIF, contact sheets, labelled grids.
 
-Also the two checks that keep a run's result: :func:`check_output` refuses an output path that cannot be written
-before any work starts, and every file is written through :func:`atomic_write`, which saves the result somewhere
-else (and says where) when the target vanished or became unwritable during the run.
+Also the checks that keep a run's result: :func:`check_output` (a file) and :func:`check_output_folder` refuse an
+output path that cannot be written before any work starts, and every file is written through :func:`atomic_write`,
+which saves the result somewhere else (and says where) when the target vanished or became unwritable during the run.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 __all__ = ["to_pil", "save_png", "save_gif", "make_grid", "labelled_grid", "model_label", "numbered", "result_path",
-           "check_output", "atomic_write", "OutputError", "Outputs"]
+           "check_output", "check_output_folder", "atomic_write", "OutputError", "Outputs"]
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -197,9 +197,11 @@ def result_path(path: str | os.PathLike, index: int, several: bool, compare: boo
 _FORMATS = {".png": "PNG", ".gif": "GIF", ".svg": "SVG"}
 
 
-def check_output(path: str | os.PathLike | None, option: str, suffixes: Sequence[str] = (".png",)) -> None:
+def check_output(path: str | os.PathLike | None, option: str, suffixes: Sequence[str] | None = (".png",),
+                 append: bool = False) -> None:
     """Raise ``ValueError`` (naming ``option`` and the path) unless ``path`` can be written: its extension is one of
-    ``suffixes``, it is not a folder, every existing parent is a folder, and this process can create files there.
+    ``suffixes`` (any, if None), it is not a folder, every existing parent is a folder, and this process can create
+    files there (with ``append``, an existing file must be writable itself).
 
     Nothing is left behind: the check creates and removes a temporary file (or folder, where the output's folder
     does not exist yet and will be made by the write).
@@ -208,12 +210,31 @@ def check_output(path: str | os.PathLike | None, option: str, suffixes: Sequence
         return
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{option} {path}: is a folder; give a file name, e.g. {path / ('result' + suffixes[0])}")
-    if path.suffix.lower() not in suffixes:
+        example = path / ("result" + (suffixes[0] if suffixes else ""))
+        raise ValueError(f"{option} {path}: is a folder; give a file name, e.g. {example}")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
         kinds = " or ".join(f"{_FORMATS.get(s, s)} ({s})" for s in suffixes)
         raise ValueError(f"{option} {path}: writes {kinds}; give a file name ending in {' or '.join(suffixes)}, "
                          f"e.g. {path.with_suffix(suffixes[0]).name}")
-    folder = path.parent
+    if append and path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {path}: the file is not writable (results are appended to it); choose another "
+                         "file or make it writable")
+    _check_can_create(path.parent, option, path)
+
+
+def check_output_folder(path: str | os.PathLike | None, option: str) -> None:
+    """Raise ``ValueError`` (naming ``option`` and the path) unless ``path`` is, or can be made, a folder this
+    process can create files in. Nothing is left behind."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path}: is a file; give a folder (it is made if missing)")
+    _check_can_create(path, option, path)
+
+
+def _check_can_create(folder: Path, option: str, path: Path) -> None:
+    """``folder``, or the nearest of its parents that exists, is a folder in which files can be created."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

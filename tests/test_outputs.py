@@ -11,7 +11,7 @@ from generate_fixtures import cli_env, one_thread, save_hub_folder
 from PIL import Image
 
 from clipag.cli import main
-from clipag.images import OutputError, atomic_write, check_output, save_png
+from clipag.images import OutputError, atomic_write, check_output, check_output_folder, save_png
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,67 @@ def test_draw_keeps_the_drawing_when_its_folder_vanished(model_dir, tmp_path):
            f"saved to {tmp_path / 'fox.svg'} instead" in proc.stderr
     assert "Traceback" not in proc.stderr and ".tmp" not in proc.stderr
     assert (tmp_path / "fox.svg").read_text().startswith("<svg") and (tmp_path / "fox.png").is_file()
+
+
+def test_check_output_folder_accepts_new_and_empty_folders_and_leaves_nothing(tmp_path):
+    check_output_folder(tmp_path, "--out")
+    check_output_folder(tmp_path / "new" / "deeper", "--out")
+    check_output_folder(None, "--out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_output_appending_needs_a_writable_file(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("{}\n")
+    log.chmod(0o444)
+    check_output(log, "--output", (".jsonl",))  # replaced atomically: the folder's permission is what counts
+    if os.access(log, os.W_OK):  # root ignores the mode: nothing to test
+        pytest.skip("running as root")
+    with pytest.raises(ValueError, match="^--output .*metrics.jsonl: the file is not writable"):
+        check_output(log, "--output", (".jsonl",), append=True)
+
+
+def _finetune(argv):
+    from clipag.finetune import main as finetune_main
+
+    return finetune_main(["--dataset-type", "synthetic", "--model", "no-such-arch", *argv])
+
+
+@pytest.mark.parametrize("name, option, value, message", [
+    ("prior build", "-o/--output", "/proc/prior.safetensors", "cannot create files in /proc"),
+    ("prior build", "-o/--output", "{file}/prior.safetensors", "is a file, not a folder"),
+    ("prior build", "-o/--output", "prior.png", "writes .safetensors"),
+    ("eval", "--output", "/proc/eval.jsonl", "cannot create files in /proc"),
+    ("eval", "--output", "{dir}", "is a folder; give a file name"),
+    ("eval", "--tensorboard", "{file}", "is a file; give a folder"),
+    ("demo", "--out", "/proc/demo", "cannot create files in /proc"),
+    ("demo", "--out", "{file}", "is a file; give a folder"),
+    ("export", "OUT", "/proc/export", "cannot create files in /proc"),
+    ("export", "OUT", "{file}/export", "is a file, not a folder"),
+    ("finetune", "--output-dir", "{file}/run", "is a file, not a folder"),
+])
+def test_other_commands_check_their_outputs_before_any_work(name, option, value, message, tmp_path, capsys):
+    """Each input is missing too (a model, a data folder): the output's error must come first, with no traceback,
+    where it used to come after loading, building or training, or as a raw OSError."""
+    from clipag.demo.__main__ import main as demo_main
+    from clipag.eval import main as eval_main
+
+    (tmp_path / "cross.png").write_bytes(b"a file")
+    value = value.format(file=tmp_path / "cross.png", dir=tmp_path)
+    missing = str(tmp_path / "no-such-model")
+    calls = {
+        "prior build": lambda: main(["prior", "build", missing, "-o", value]),
+        "eval": lambda: eval_main(["--model", missing, "--data", "synthetic", option, value]),
+        "demo": lambda: demo_main(["--out", value, "--quick"]),
+        "export": lambda: main(["export", missing, value, "--format", "open_clip"]),
+        "finetune": lambda: _finetune(["--output-dir", value]),
+    }
+    try:
+        status = calls[name]()
+    except SystemExit as e:
+        status = e.code
+    err = capsys.readouterr().err + (status if isinstance(status, str) else "")
+    assert status not in (0, None), err
+    assert f"{option} {value}: " in err and message in err, err
+    assert "no-such" not in err.replace(value, ""), err
+    assert list(tmp_path.iterdir()) == [tmp_path / "cross.png"]

@@ -32,11 +32,16 @@ def main(argv: list[str] | None = None) -> int:
         require("train", "python -m clipag.demo", ["webdataset"])
     except MissingExtra as e:
         raise SystemExit(f"python -m clipag.demo: error: {e}") from None
+    from ..images import check_output_folder
     from .pipeline import QUICK, DemoConfig, run_demo
     from .report import format_table
     from .shapes import BACKGROUNDS, COLORS, SHAPES
 
     out = args.out or (QUICK_OUT if args.quick else FULL_OUT)
+    try:  # before minutes of training
+        check_output_folder(out, "--out")
+    except ValueError as e:
+        parser.error(str(e))
     cfg = replace(QUICK if args.quick else DemoConfig(), seed=args.seed)
     results = run_demo(out, cfg, log=lambda message: print(message, file=sys.stderr))
     print(format_table(results))

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..eval import PixelCLIP, eval_batches, evaluate, load_templates, zero_shot_weights
+from ..images import check_output_folder
 from ..metrics import MetricsWriter
 from ..model import load_weights
 from ..tokenizer import tokenize
@@ -93,6 +94,10 @@ def weight_digests(model: torch.nn.Module, d: distributed.Dist) -> list[str]:
 def _run(args: Any, d: distributed.Dist) -> TrainResult:
     """Claim and plan the output folder (``rundir``: one run per folder, nothing replaced silently), then train."""
     out = Path(args.output_dir)
+    try:  # before any model is built or data read
+        check_output_folder(out, "--output-dir")
+    except ValueError as e:
+        raise SystemExit(f"python -m clipag.finetune: error: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     plan = rundir.prepare(args, out, d)
     try:

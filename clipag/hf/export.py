@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..images import check_output_folder
 from ..model import attach_preprocess, build_model, load_weights, make_preprocess, skip_init
 from ..registry import get_entry
 from ..weights import ResolvedWeights, resolve
@@ -60,6 +61,10 @@ def export(name: str, out: str | os.PathLike, fmt: str = "transformers", downloa
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty folder; choose a new folder (nothing was written)")
+    try:  # before a model is fetched and converted
+        check_output_folder(out, "OUT")
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     if fmt == "transformers":
         require_transformers()
     resolved = resolve(name, download_root=download_root)
