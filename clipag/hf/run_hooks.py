@@ -2,13 +2,18 @@
 
 An import hook patches ``from_pretrained`` of ``CLIPModel``, ``CLIPVisionModel(WithProjection)``,
 ``CLIPTextModel(WithProjection)``, ``CLIPProcessor``, the CLIP image processors and tokenizers as the script imports
-them, so nothing is imported early, and without transformers nothing changes. Which model, by the rule ``clip.load``
-names follow:
+them, so nothing is imported early, and without transformers nothing changes. The Auto classes (``AutoConfig``,
+``AutoModel``, ``AutoModelForZeroShotImageClassification``, ``AutoProcessor``, ``AutoTokenizer``,
+``AutoImageProcessor``, and so ``pipeline()``) are patched too: they read the original id's files before any CLIP
+class is called (``AutoImageProcessor`` never calls one), so they would otherwise need the network and hand a
+swapped model the original's preprocessing. Which model, by the rule ``clip.load`` names follow:
 
 - OpenAI's Hub ids map like OpenAI's names (``openai/clip-vit-base-patch32`` -> ``ViT-B/32``, CLIPAG;
   ``openai/clip-vit-large-patch14`` -> ``ViT-L/14``, FARE2); ids with no robust counterpart load unchanged.
 - ``--model M`` forces ``M`` for every Hub id given to those classes, but not for local folders or ``subfolder=``
-  loads (a Stable Diffusion repo's ``text_encoder``), which are not the CLIP the script chose by name.
+  loads (a Stable Diffusion repo's ``text_encoder``), which are not the CLIP the script chose by name. An Auto class
+  may be given any model: under ``--model`` it swaps an id that is not OpenAI's only once the id's own
+  ``config.json`` says ``model_type: clip``.
 
 The swapped-in model is clipag's transformers export (:func:`clipag.hf.export.export`), made once and cached under
 ``<cache>/transformers/``; transformers then loads it with the script's own arguments, so what the script gets is a
@@ -31,14 +36,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["install", "uninstall", "CLASS_NAMES", "export_folder", "Swapper"]
+__all__ = ["install", "uninstall", "CLASS_NAMES", "AUTO_CLASS_NAMES", "export_folder", "Swapper"]
 
 CLASS_NAMES = ("CLIPModel", "CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPTextModel",
                "CLIPTextModelWithProjection", "CLIPProcessor", "CLIPImageProcessor", "CLIPImageProcessorFast",
                "CLIPImageProcessorPil", "CLIPTokenizer", "CLIPTokenizerFast")
+AUTO_CLASS_NAMES = ("AutoConfig", "AutoModel", "AutoModelForZeroShotImageClassification", "AutoProcessor",
+                    "AutoTokenizer", "AutoImageProcessor")
 _MODULES = frozenset(f"transformers.models.clip.{m}" for m in (
     "modeling_clip", "processing_clip", "image_processing_clip", "image_processing_clip_fast",
-    "image_processing_pil_clip", "tokenization_clip", "tokenization_clip_fast"))
+    "image_processing_pil_clip", "tokenization_clip", "tokenization_clip_fast")) | frozenset(
+    f"transformers.models.auto.{m}" for m in (
+        "configuration_auto", "modeling_auto", "processing_auto", "tokenization_auto", "image_processing_auto"))
 _depth: contextvars.ContextVar[int] = contextvars.ContextVar("clipag_from_pretrained_depth", default=0)
 
 
@@ -84,6 +93,7 @@ class Swapper:
             self.say(message)
 
     def target(self, cls_name: str, name: Any, kwargs: dict[str, Any]) -> Any:
+        """What ``cls_name.from_pretrained(name, **kwargs)`` loads instead of ``name`` (``name`` itself if nothing)."""
         if _depth.get() or not isinstance(name, str | os.PathLike):
             return name  # a load inside a swapped one (CLIPProcessor loading its tokenizer), or not a name
         subfolder = f", subfolder={kwargs['subfolder']!r}" if kwargs.get("subfolder") else ""
@@ -93,6 +103,12 @@ class Swapper:
             self._once(f"{call} loads unchanged: {what} (clipag swaps CLIP ids from the Hub only)")
             return name
         clip_name, reason = self._choose(str(name))
+        if clip_name is not None and cls_name in AUTO_CLASS_NAMES:
+            is_clip = self._is_clip(str(name), kwargs)
+            if not is_clip:
+                clip_name = None
+                reason = ("its config.json is not a CLIP's" if is_clip is False else
+                          "its config.json could not be read to tell whether it is a CLIP")
         if clip_name is None:
             self._once(f"{call} loads unchanged: {reason}")
             return name
@@ -100,6 +116,24 @@ class Swapper:
             folder = export_folder(clip_name, self.download_root)
         self._once(f"{call} -> clipag {clip_name!r} ({folder})")
         return str(folder)
+
+    @staticmethod
+    def _is_clip(name: str, kwargs: dict[str, Any]) -> bool | None:
+        """Whether the Hub id ``name`` is a CLIP: OpenAI's are; another's ``config.json`` must say so (an Auto
+        class takes any model). None: the config cannot be read; transformers will say why when it tries."""
+        from ..registry import OPENAI_HUB_IDS
+
+        if name in OPENAI_HUB_IDS:
+            return True
+        from transformers import PretrainedConfig
+
+        asked = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        try:
+            with _nested():
+                config, _ = PretrainedConfig.get_config_dict(name, **asked)
+        except (OSError, ValueError):
+            return None
+        return config.get("model_type") == "clip"
 
     def _choose(self, name: str) -> tuple[str | None, str]:
         from ..registry import OPENAI_HUB_IDS, OPENAI_NAMES_WITHOUT_COUNTERPART, get_entry
@@ -147,7 +181,7 @@ def _patch_class(cls: type, swapper: Swapper) -> None:
 
 
 def _patch_module(module: Any, swapper: Swapper) -> None:
-    for name in CLASS_NAMES:
+    for name in CLASS_NAMES + AUTO_CLASS_NAMES:
         cls = module.__dict__.get(name)
         if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
             _patch_class(cls, swapper)
@@ -196,7 +230,7 @@ def uninstall() -> None:
     """Remove the hook and restore every patched ``from_pretrained`` (for tests)."""
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PatchOnImport)]
     for name in _MODULES & set(sys.modules):
-        for cls_name in CLASS_NAMES:
+        for cls_name in CLASS_NAMES + AUTO_CLASS_NAMES:
             cls = sys.modules[name].__dict__.get(cls_name)
             if isinstance(cls, type) and "_clipag_original_from_pretrained" in cls.__dict__:
                 original = cls.__dict__["_clipag_original_from_pretrained"]

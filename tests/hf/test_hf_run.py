@@ -175,8 +175,8 @@ json.dump({"act": model.config.vision_config.hidden_act, "size": model.config.vi
 
 
 def test_auto_model_gets_the_swapped_model_with_its_own_config(tmp_path):
-    """AutoModel reads OpenAI's config from the Hub (here the cache), then calls CLIPModel.from_pretrained(id,
-    config=<OpenAI's>); the swap must not rebuild clipag's weights with OpenAI's config (QuickGELU, other sizes)."""
+    """AutoModel is swapped before it reads OpenAI's config from the Hub (here the cache): clipag's weights must
+    not be built with OpenAI's config (QuickGELU, other sizes)."""
     tiny = save_clipag_folder(tmp_path / "tiny", tiny_config(False), seed=13)
     openai = tmp_path / "openai-config"
     transformers.CLIPConfig(text_config={"hidden_size": 128, "num_attention_heads": 2},
@@ -186,10 +186,50 @@ def test_auto_model_gets_the_swapped_model_with_its_own_config(tmp_path):
     (tmp_path / "auto.py").write_text(AUTO_SCRIPT)
     result = clipag_run(["--model", str(tiny), "auto.py"], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"CLIPModel.from_pretrained('openai/clip-vit-base-patch32') -> clipag '{tiny}'" in result.stderr
+    assert f"AutoModel.from_pretrained('openai/clip-vit-base-patch32') -> clipag '{tiny}'" in result.stderr
     out = json.loads((tmp_path / "auto.json").read_text())
     assert out["act"] == "gelu" and out["size"] == 64
     model, _ = clipag.load(str(tiny), device="cpu")
     with torch.no_grad():
         expected = model.encode_image(torch.zeros(1, 3, 64, 64))
     torch.testing.assert_close(torch.tensor(out["features"]), expected, atol=1e-5, rtol=0)
+
+
+def test_auto_classes_and_pipeline_get_the_swapped_model_and_its_preprocessing(tmp_path, photo):
+    """AutoProcessor, AutoTokenizer, AutoImageProcessor and pipeline() read the original id's files before any CLIP
+    class is called, and AutoImageProcessor never calls one: without their own swap they need the network, and
+    hand clipag's model OpenAI's 224 px preprocessing. Here the Hub cache holds OpenAI's config and image processor
+    (as the real repo does) and a non-CLIP model, which --model must leave alone."""
+    tiny = save_clipag_folder(tmp_path / "tiny", tiny_config(False), seed=17)  # 64 px, its own mean/std
+    openai = tmp_path / "openai-files"
+    transformers.CLIPConfig(text_config={"hidden_size": 128, "num_attention_heads": 2},
+                            vision_config={"hidden_size": 128, "num_attention_heads": 2, "image_size": 224,
+                                           "patch_size": 32}).save_pretrained(openai)
+    transformers.CLIPImageProcessor().save_pretrained(openai)  # its defaults are OpenAI's: 224 px
+    install_hf_repo(tmp_path / "hf", "openai/clip-vit-base-patch32", openai)
+    transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=1,
+                            intermediate_size=64).save_pretrained(tmp_path / "bert")
+    install_hf_repo(tmp_path / "hf", "someone/bert-like", tmp_path / "bert")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "transformers_auto_calls.py"
+    result = clipag_run(["--model", str(tiny), str(script), "openai/clip-vit-base-patch32", str(photo),
+                         "someone/bert-like", "out.json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("AutoProcessor", "AutoTokenizer", "AutoImageProcessor", "AutoConfig",
+                 "AutoModelForZeroShotImageClassification"):
+        assert f"[clipag] {name}.from_pretrained('openai/clip-vit-base-patch32') -> clipag '{tiny}'" in result.stderr
+    assert ("[clipag] AutoConfig.from_pretrained('someone/bert-like') loads unchanged: its config.json is not a "
+            "CLIP's") in result.stderr
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["other_model_type"] == "bert" and out["pipeline_model_class"] == "CLIPModel"
+    assert out["processor_class"] == "CLIPProcessor" and out["processor_pixels_equal"]
+    model, preprocess = clipag.load(str(tiny), device="cpu")
+    from PIL import Image
+
+    pixels = torch.tensor(out["pixel_values"])
+    with Image.open(photo) as image:
+        assert pixels.shape == (1, 3, 64, 64) and (pixels[0] - preprocess(image)).abs().max() < 0.02
+    assert out["input_ids"] == clipag.tokenize(["a cat", "a dog"])[:, :len(out["input_ids"][0])].tolist()
+    texts = clipag.tokenize([f"This is a photo of {label}." for label in ("a cat", "a dog")])  # pipeline's template
+    with torch.no_grad():
+        expected = model(pixels, texts)[0].softmax(dim=-1)[0]
+    torch.testing.assert_close(torch.tensor(out["scores"]), expected, atol=1e-4, rtol=0)
