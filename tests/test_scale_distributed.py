@@ -37,6 +37,8 @@ def test_two_ranks_make_each_item_once_and_a_second_launch_resumes(model_dir, tm
     first = manifest(out)
     assert Counter(r["prompt"] for r in first) == {f"prompt {i}": 1 for i in range(5)}
     assert Counter(r["rank"] for r in first) == {0: 3, 1: 2} and {r["world_size"] for r in first} == {2}
+    assert [r["prompt"] for r in first] == [f"prompt {i}" for i in range(5)]  # file order, not rank order
+    assert [r["item"] for r in first] == list(range(5))
     assert sorted(p.name for p in out.glob("*.png")) == sorted(r["file"] for r in first)
     assert not list(out.glob("manifest.rank*")) and not list(out.glob(".done-*"))  # merged, markers gone
 
@@ -48,7 +50,7 @@ def test_two_ranks_make_each_item_once_and_a_second_launch_resumes(model_dir, tm
     prompts.write_text("".join(f"prompt {i}\n" for i in range(8)))
     torchrun(model_dir, prompts, out)
     second = manifest(out)
-    assert Counter(r["prompt"] for r in second) == {f"prompt {i}": 1 for i in range(8)}
+    assert [r["prompt"] for r in second] == [f"prompt {i}" for i in range(8)]
     new = [r for r in second if r["prompt"] in {"prompt 5", "prompt 6", "prompt 7"}]
     assert Counter(r["rank"] for r in new) == {0: 2, 1: 1}
     old = {r["key"]: r for r in second if r["key"] in {f["key"] for f in first}}

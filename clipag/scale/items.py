@@ -42,6 +42,7 @@ class Item:
     content_sha256: str | None = None
     name: str | None = None  # the output file's stem, if the line gave one
     where: str = ""  # FILE:LINE, for messages
+    index: int = 0  # position in the prompt file's items: the merged manifest's order (not part of the key)
 
     def key(self, command: str) -> str:
         identity = {"command": command, "prompt": self.prompt, "seed": self.seed, "settings": self.settings,
@@ -189,4 +190,4 @@ def read_items(path: str | Path, command: str, *, seed: int = 0, count: int = 1,
         if stem in stems:
             raise ItemError(f"{item.where}: name {stem!r} is also used by {stems[stem]}")
         stems[stem] = item.where
-    return list(items.values())
+    return [dataclasses.replace(item, index=i) for i, item in enumerate(items.values())]

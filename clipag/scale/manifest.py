@@ -106,15 +106,17 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def merge_parts(folder: Path) -> int:
-    """Fold the parts into ``manifest.jsonl`` (atomic rename) and delete them; returns the number of records.
-    Call it under :func:`lock` when other processes may be writing parts."""
+    """Fold the parts into ``manifest.jsonl`` (atomic rename), in the prompt file's order whatever rank made each
+    item, and delete them; returns the number of records. Call it under :func:`lock` when other processes may be
+    writing parts."""
     parts = sorted(folder.glob(_PART_GLOB), key=_rank_of)
     records = read_records(folder)
     if not parts and (folder / MANIFEST).is_file():
         return len(records)
     tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+    in_file_order = sorted(records.values(), key=lambda r: r["item"] if isinstance(r.get("item"), int) else 1 << 62)
     with open(tmp, "w", encoding="utf-8") as f:
-        for record in records.values():
+        for record in in_file_order:
             f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -75,7 +75,8 @@ def _record(job: Job, item: Item, result: Any, files: list[Path], out: Path, wor
 
     best, final = job.losses(result, job.config_of(worker))
     hashes = [file_sha256(path) for path in files]
-    record = {"key": item.key(job.command), "command": job.command, "prompt": item.prompt, "seed": item.seed,
+    record = {"key": item.key(job.command), "item": item.index, "command": job.command, "prompt": item.prompt,
+              "seed": item.seed,
               "model": model, "weights_sha256": plan["weights_sha256"],
               "config": dataclasses.asdict(job.config_of(worker)),
               "best_loss": best, "final_loss": final, "steps": result.steps_done,
