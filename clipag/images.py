@@ -197,11 +197,11 @@ def result_path(path: str | os.PathLike, index: int, several: bool, compare: boo
 _FORMATS = {".png": "PNG", ".gif": "GIF", ".svg": "SVG"}
 
 
-def check_output(path: str | os.PathLike | None, option: str, suffixes: Sequence[str] | None = (".png",),
+def check_output(path: str | os.PathLike | None, option: str, suffixes: Sequence[str] = (".png",),
                  append: bool = False) -> None:
     """Raise ``ValueError`` (naming ``option`` and the path) unless ``path`` can be written: its extension is one of
-    ``suffixes`` (any, if None), it is not a folder, every existing parent is a folder, and this process can create
-    files there (with ``append``, an existing file must be writable itself).
+    ``suffixes``, it is not a folder, every existing parent is a folder, and this process can create files there
+    (with ``append``, an existing file must be writable itself).
 
     Nothing is left behind: the check creates and removes a temporary file (or folder, where the output's folder
     does not exist yet and will be made by the write).
@@ -210,9 +210,8 @@ def check_output(path: str | os.PathLike | None, option: str, suffixes: Sequence
         return
     path = Path(path)
     if path.is_dir():
-        example = path / ("result" + (suffixes[0] if suffixes else ""))
-        raise ValueError(f"{option} {path}: is a folder; give a file name, e.g. {example}")
-    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} {path}: is a folder; give a file name, e.g. {path / ('result' + suffixes[0])}")
+    if path.suffix.lower() not in suffixes:
         kinds = " or ".join(f"{_FORMATS.get(s, s)} ({s})" for s in suffixes)
         raise ValueError(f"{option} {path}: writes {kinds}; give a file name ending in {' or '.join(suffixes)}, "
                          f"e.g. {path.with_suffix(suffixes[0]).name}")
