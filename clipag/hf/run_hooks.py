@@ -86,6 +86,7 @@ class Swapper:
                  say: Callable[[str], None] = _say) -> None:
         self.model, self.download_root, self.say = model, download_root, say
         self._said: set[str] = set()
+        self._clip_ids: dict[tuple[str, Any], bool | None] = {}  # a pipeline asks 4 Auto classes about one id
 
     def _once(self, message: str) -> None:
         if message not in self._said:
@@ -117,23 +118,26 @@ class Swapper:
         self._once(f"{call} -> clipag {clip_name!r} ({folder})")
         return str(folder)
 
-    @staticmethod
-    def _is_clip(name: str, kwargs: dict[str, Any]) -> bool | None:
+    def _is_clip(self, name: str, kwargs: dict[str, Any]) -> bool | None:
         """Whether the Hub id ``name`` is a CLIP: OpenAI's are; another's ``config.json`` must say so (an Auto
-        class takes any model). None: the config cannot be read; transformers will say why when it tries."""
+        class takes any model), read once per id and revision. None: the config cannot be read; transformers will
+        say why when it tries."""
         from ..registry import OPENAI_HUB_IDS
 
         if name in OPENAI_HUB_IDS:
             return True
-        from transformers import PretrainedConfig
+        key = (name, kwargs.get("revision"))
+        if key not in self._clip_ids:
+            from transformers import PretrainedConfig
 
-        asked = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
-        try:
-            with _nested():
-                config, _ = PretrainedConfig.get_config_dict(name, **asked)
-        except (OSError, ValueError):
-            return None
-        return config.get("model_type") == "clip"
+            asked = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+            try:
+                with _nested():
+                    config, _ = PretrainedConfig.get_config_dict(name, **asked)
+                self._clip_ids[key] = config.get("model_type") == "clip"
+            except (OSError, ValueError):
+                self._clip_ids[key] = None
+        return self._clip_ids[key]
 
     def _choose(self, name: str) -> tuple[str | None, str]:
         from ..registry import OPENAI_HUB_IDS, OPENAI_NAMES_WITHOUT_COUNTERPART, get_entry
